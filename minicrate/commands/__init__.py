@@ -1,0 +1,1 @@
+"""Sub-commands of ``python -m minicrate``; one module each (see minicrate.cli)."""

@@ -1,0 +1,102 @@
+"""Input checks shared by every public function.
+
+Each check raises ``ValueError`` or ``TypeError`` with a message that names the
+argument, says what it got (shape, dtype) and what was expected, so a student
+or a grader sees the real problem instead of an opaque traceback deep inside a
+matrix product.
+
+``finite_checks(False)`` switches the (one-pass, O(size)) non-finite scan off
+inside hot loops such as training, where the loss is checked instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+from .backend import namespace, same_device
+
+_FINITE = [True]
+
+
+@contextlib.contextmanager
+def finite_checks(enabled: bool):
+    """Temporarily turn the non-finite scan of array arguments on or off."""
+    old, _FINITE[0] = _FINITE[0], enabled
+    try:
+        yield
+    finally:
+        _FINITE[0] = old
+
+
+def describe(x) -> str:
+    """``'shape (2, 3) float64'`` for an array, ``repr`` for anything else."""
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"shape {tuple(x.shape)} {x.dtype}"
+    return f"{type(x).__name__} {x!r}"
+
+
+def check_array(x, name, *, ndim=None, min_ndim=None, shape=None, floating=True, finite=True):
+    """Check one array argument.
+
+    Args:
+        x: the argument.
+        name: its name, used in error messages.
+        ndim: exact number of axes expected, or ``None``.
+        min_ndim: least number of axes expected, or ``None``.
+        shape: expected trailing shape; ``None`` entries match anything.
+        floating: require a real floating dtype.
+        finite: reject NaN and inf (when finite checks are enabled).
+    """
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise TypeError(f"{name} must be an array, got {describe(x)}")
+    xp = namespace(x)
+    if floating and not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{name} must have a real floating dtype (float32 or float64), got {describe(x)}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} axes, got {describe(x)}")
+    if min_ndim is not None and x.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} axes, got {describe(x)}")
+    if shape is not None:
+        tail = tuple(x.shape[x.ndim - len(shape) :]) if x.ndim >= len(shape) else None
+        if tail is None or any(e is not None and e != t for e, t in zip(shape, tail)):
+            want = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
+            raise ValueError(f"{name} must have trailing shape {want}, got {describe(x)}")
+    if any(s == 0 for s in x.shape):
+        raise ValueError(f"{name} must not be empty, got {describe(x)}")
+    if finite and _FINITE[0] and floating and not bool(xp.all(xp.isfinite(x))):
+        raise ValueError(f"{name} contains NaN or inf values ({describe(x)})")
+    return x
+
+
+def check_same_kind(**arrays):
+    """Arrays (``None`` skipped) must share namespace, dtype and device."""
+    present = {k: v for k, v in arrays.items() if v is not None}
+    namespace(*present.values())
+    same_device(*present.values(), names=list(present))
+    dtypes = {k: v.dtype for k, v in present.items()}
+    if len(set(map(str, dtypes.values()))) > 1:
+        listing = ", ".join(f"{k} {v}" for k, v in dtypes.items())
+        raise TypeError(f"arguments must share one dtype, got {listing}")
+
+
+def check_positive(value, name, *, allow_zero=False):
+    """A real number > 0 (or >= 0 with ``allow_zero``), finite."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {describe(value)}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        want = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {want}, got {value!r}")
+    return v
+
+
+def check_heads(U, d, name="U"):
+    """``U`` must be ``(K, d, p)`` with the model width ``d``."""
+    check_array(U, name, ndim=3)
+    if U.shape[1] != d:
+        raise ValueError(
+            f"{name} must have shape (K, d, p) with d = {d} (the token width), got {describe(U)}"
+        )
+    return U.shape[0], U.shape[2]

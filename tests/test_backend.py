@@ -1,0 +1,63 @@
+"""The backend layer: namespaces, devices, host transfer, seeded random init."""
+
+import numpy as np
+import pytest
+
+import minicrate as mc
+from minicrate import backend
+
+
+def test_random_init_is_identical_on_every_backend(xp):
+    a = backend.random_normal((3, 4), seed=5, xp=xp)
+    b = backend.random_normal((3, 4), seed=5)
+    np.testing.assert_array_equal(backend.to_numpy(a), backend.to_numpy(b))
+    u = backend.random_uniform((2,), seed=1, low=-1, high=1, xp=xp, dtype="float32")
+    assert "float32" in str(u.dtype)
+
+
+def test_get_backend_by_name():
+    assert backend.backend_name(backend.get_backend("numpy")) == "numpy"
+    assert backend.backend_name(backend.get_backend("array_api_strict")) == "array_api_strict"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        backend.get_backend("jax")
+
+
+def test_cupy_detection_answers_cleanly():
+    assert backend.cupy_available() in (True, False)
+    if not backend.cupy_available():
+        with pytest.raises(RuntimeError, match="no usable GPU"):
+            backend.get_backend("cupy")
+
+
+def test_mixed_backends_give_clear_type_error(strict):
+    Z = np.ones((3, 2))
+    U = strict.ones((1, 2, 2), dtype=strict.float64)
+    with pytest.raises(TypeError, match="different backends"):
+        mc.compression_rate(Z, U, 1.0)
+
+
+def test_outputs_stay_on_non_default_strict_device(strict):
+    dev = strict.Device("device1")
+    rng = np.random.default_rng(0)
+    Z = strict.asarray(rng.standard_normal((2, 5, 4)), device=dev)
+    U = strict.asarray(rng.standard_normal((2, 4, 2)), device=dev)
+    for out in (mc.coding_rate(Z, 1.0), mc.coding_rate_grad(Z, 1.0), *mc.compression_rate_grad(Z, U, 1.0),
+                mc.compression_rate(Z, U, 1.0), mc.measured_compression_rate(Z, U)):
+        assert out.device == dev
+    report = mc.check_vjp(mc.coding_rate, {"Z": Z, "eps": 1.0}, strict.ones((2,), device=dev),
+                          {"Z": mc.coding_rate_grad(Z, 1.0)})
+    report.raise_if_failed()
+
+
+def test_arrays_on_two_devices_are_refused(strict):
+    Z = strict.ones((3, 2), dtype=strict.float64, device=strict.Device("device1"))
+    U = strict.ones((1, 2, 2), dtype=strict.float64)
+    with pytest.raises((ValueError, TypeError), match="device"):
+        mc.compression_rate(Z, U, 1.0)
+
+
+def test_to_numpy_and_asarray_like(xp):
+    x = xp.asarray([1.0, 2.0])
+    y = backend.asarray_like(np.array([3.0, 4.0]), x)
+    assert backend.namespace(y) is backend.namespace(x)
+    np.testing.assert_array_equal(backend.to_numpy(y), [3.0, 4.0])
