@@ -121,7 +121,8 @@ class Vocab:
 
     def __init__(self, chars):
         chars = list(chars)
-        if len(set(chars)) != len(chars) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+        single = all(isinstance(c, str) and len(c) == 1 for c in chars)
+        if len(set(chars)) != len(chars) or not single:
             raise ValueError("a vocabulary is a list of distinct single characters")
         if MASK_TOKEN in chars:
             raise ValueError(f"the vocabulary must not contain the mask symbol {MASK_TOKEN!r}")
