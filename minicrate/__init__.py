@@ -20,3 +20,28 @@ from .rates import (
     rate_reduction,
     sparse_rate_reduction,
 )
+from .functional import linear_backward, linear_forward, relu, softmax, softmax_backward
+from .layernorm import layernorm_backward, layernorm_forward
+from .mssa import mssa_backward, mssa_forward
+from .ista import ista_backward, ista_forward, lasso_objective
+from .embedding import (
+    add_cls_pos_backward,
+    add_cls_pos_forward,
+    patch_embed_backward,
+    patch_embed_forward,
+    patchify,
+    unpatchify,
+)
+from .loss import cross_entropy_backward, cross_entropy_forward
+from .encoder import encoder_layer_backward, encoder_layer_forward
+from .model import (
+    PRESETS,
+    CRATEConfig,
+    backward,
+    forward,
+    init_params,
+    intermediates,
+    loss_and_grads,
+    param_count,
+    preset,
+)
