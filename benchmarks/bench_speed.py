@@ -1,0 +1,829 @@
+#!/usr/bin/env python
+r"""Speed and memory of minicrate against PyTorch eager (issue 8).
+
+What it does, in order, and prints as it goes:
+
+1. **Machine and kernels**: CPU, cores, load average, NumPy's BLAS (from
+   ``numpy.show_config`` and ``threadpoolctl``: library, version, kernel
+   architecture, threads), torch's version, BLAS and thread count.
+2. **GEMM ceiling**: NumPy (and torch) ``matmul`` GFLOP/s in float32 and
+   float64 on large square matrices and on the shapes the models multiply;
+   the best median is "the ceiling".  Measured before and after the model
+   timings, so a busy machine shows up as two different ceilings.
+3. For each configuration and dtype: the **same weights** in minicrate and in
+   the PyTorch autograd model of :mod:`benchmarks.torch_crate`; the loss and
+   every gradient are compared (relative errors printed; the script stops if
+   they disagree beyond float tolerance).
+4. **Timing**: forward (training mode: minicrate keeps its cache, torch
+   records its graph) and forward+backward of the mean label-smoothed loss,
+   the two implementations **interleaved run by run** (the order alternates
+   every round, with a short pause between implementations so the other
+   library's idle BLAS/OpenMP threads stop spinning).  Medians, the spread
+   (25–75 %), the ratio of medians and the median of the per-round ratios
+   minicrate/torch, achieved GFLOP/s and the fraction of the ceiling.
+5. **Peak memory** above the process baseline during one forward+backward,
+   each implementation alone in a fresh subprocess (see ``memory_child``).
+
+FLOPs count matrix products only (2mnk; softmax, LayerNorm and the rest are
+left out).  "model GFLOP" is the official form as torch runs it (ISTA in three
+products; every product's backward takes two products, except the patch
+embedding's, whose input needs no gradient).  "executed GFLOP" is what
+minicrate runs (ISTA in two products, ``(X − XDᵀ)D``, and MSSA's score
+backward in one product, ``(S̄ + S̄ᵀ)W``).  The ceiling fraction uses each
+implementation's own executed FLOPs.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_speed.py                 # (a) and (b), float32 and float64
+    .venv/bin/python benchmarks/bench_speed.py --configs b --dtypes float32 --rounds 15
+    .venv/bin/python benchmarks/bench_speed.py --backend cupy --torch-device cuda --configs a,b,c
+    .venv/bin/python benchmarks/bench_speed.py --quick         # a smoke run in ~1 minute
+
+The machine this runs on may be shared: every number comes with its spread
+and the load average, and the figures should be re-measured on a quiet
+machine before they are quoted as more than "about".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import minicrate.model as mc_model  # noqa: E402
+from minicrate.backend import get_backend, host_to, to_numpy  # noqa: E402
+from minicrate.loss import cross_entropy_forward  # noqa: E402
+
+# (a) and (b) from issue 8; (c) is CRATE-T (spec §4.2) at 224×224, for GPUs.
+CONFIGS = {
+    "a": dict(image_size=8, patch_size=2, channels=1, dim=64, depth=4, heads=4, num_classes=10,
+              batch=128),
+    "b": dict(image_size=32, patch_size=4, channels=3, dim=192, depth=12, heads=3, num_classes=10,
+              batch=64),
+    "c": dict(image_size=224, patch_size=16, channels=3, dim=384, depth=12, heads=6,
+              num_classes=1000, batch=64),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOP counting
+# ---------------------------------------------------------------------------------------------
+
+def gemm_flops(cfg, *, ista_products=3, symmetric_scores=False):
+    """Matrix-product FLOPs (2mnk) of one batch, split by where they happen.
+
+    Args:
+        cfg: a dict of :data:`CONFIGS` (with ``batch``).
+        ista_products: 3 for the official ``x Dᵀ``, ``(x Dᵀ) D``, ``x D``; 2 for ``(X − XDᵀ)D``.
+        symmetric_scores: the backward of ``S = s W Wᵀ`` as one product ``(S̄ + S̄ᵀ)W``
+            instead of two (``S̄ W`` and ``S̄ᵀ W``).
+
+    Returns:
+        dict with ``forward`` and ``backward`` totals and a per-part ``parts`` dict (forward).
+    """
+    B, d, L, K, C = cfg["batch"], cfg["dim"], cfg["depth"], cfg["heads"], cfg["num_classes"]
+    Np = (cfg["image_size"] // cfg["patch_size"]) ** 2
+    P = cfg["patch_size"] ** 2 * cfg["channels"]
+    N, p = Np + 1, d // K
+    tok = 2 * B * N * d * d  # one (B·N, d) @ (d, d) product
+    parts = {
+        "embed": 2 * B * Np * P * d,
+        "qkv": L * tok,
+        "scores": L * 2 * B * K * N * N * p,
+        "attn@W": L * 2 * B * K * N * N * p,
+        "out": L * tok,
+        "ista": L * ista_products * tok,
+        "head": 2 * B * d * C,
+    }
+    backward = 2 * sum(parts.values()) - parts["embed"]  # no gradient for the images
+    if symmetric_scores:
+        backward -= parts["scores"]
+    return {"forward": sum(parts.values()), "backward": backward, "parts": parts}
+
+
+def model_flops(cfg):
+    """Official form, as PyTorch autograd runs it."""
+    return gemm_flops(cfg, ista_products=3, symmetric_scores=False)
+
+
+def minicrate_flops(cfg):
+    """What minicrate executes."""
+    return gemm_flops(cfg, ista_products=2, symmetric_scores=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine and kernel report
+# ---------------------------------------------------------------------------------------------
+
+def _cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def system_report(torch_mod=None, backend="numpy"):
+    """Everything needed to interpret the numbers, as a dict."""
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_flags": _cpu_flags(),
+        "cores_visible": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "numpy": np.__version__,
+        "backend": backend,
+    }
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg.get("Build Dependencies", {}).get("blas", {})
+        info["numpy_blas_build"] = {k: blas.get(k) for k in ("name", "version", "openblas configuration")}
+        simd = cfg.get("SIMD Extensions", {})
+        info["numpy_simd"] = {"baseline": simd.get("baseline"), "found": simd.get("found")}
+    except Exception as err:  # very old NumPy
+        info["numpy_blas_build"] = f"unavailable ({err})"
+    try:
+        import threadpoolctl
+
+        info["threadpools"] = [
+            {k: pool.get(k) for k in ("user_api", "internal_api", "prefix", "version", "num_threads",
+                                      "architecture", "threading_layer")}
+            for pool in threadpoolctl.threadpool_info()
+        ]
+    except ImportError:
+        info["threadpools"] = "threadpoolctl not installed (pip install threadpoolctl)"
+    if torch_mod is not None:
+        torch = torch_mod
+        cfg = torch.__config__.show()
+        blas = [part.split("=", 1)[1] for part in cfg.replace(",", " ").split() if part.startswith("BLAS_INFO=")]
+        info["torch"] = {
+            "version": torch.__version__,
+            "blas": blas[0] if blas else "?",
+            "mkldnn": bool(torch.backends.mkldnn.is_available()),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+            "cuda": torch.cuda.is_available(),
+        }
+        if torch.cuda.is_available():
+            info["torch"]["cuda_device"] = torch.cuda.get_device_name(0)
+    if backend == "cupy":
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        info["cupy"] = {"version": cupy.__version__, "device": props["name"].decode(),
+                        "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}
+    return info
+
+
+def print_system(info):
+    print("== machine and kernels")
+    print(f"  CPU: {info['cpu']} ({', '.join(info['cpu_flags'])}); cores usable {info['cores_usable']}"
+          f" of {info['cores_visible']}; load average {_fmt_load(info['loadavg'])}")
+    print(f"  Python {info['python']}, NumPy {info['numpy']}, {info['platform']}")
+    print(f"  NumPy BLAS (build): {info.get('numpy_blas_build')}")
+    pools = info.get("threadpools")
+    if isinstance(pools, list):
+        for pool in pools:
+            print(f"  thread pool: {pool['internal_api']} {pool['version']} ({pool['user_api']}, "
+                  f"{pool['prefix']}), kernel {pool.get('architecture')}, {pool['num_threads']} threads")
+    else:
+        print(f"  thread pools: {pools}")
+    if "torch" in info:
+        t = info["torch"]
+        print(f"  torch {t['version']}: BLAS {t['blas']}, oneDNN {t['mkldnn']}, kernels {t['cpu_capability']}, "
+              f"{t['threads']} threads (interop {t['interop_threads']}), CUDA {t['cuda']}"
+              + (f" ({t['cuda_device']})" if t.get("cuda_device") else ""))
+    if "cupy" in info:
+        c = info["cupy"]
+        print(f"  CuPy {c['version']} on {c['device']} (CUDA runtime {c['cuda_runtime']})")
+
+
+def _fmt_load(load):
+    return "?" if load is None else " ".join(f"{x:.2f}" for x in load)
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM ceiling
+# ---------------------------------------------------------------------------------------------
+
+def ceiling_shapes(cfg_names):
+    """(label, batch, m, k, n) for large square products and the models' own products."""
+    shapes = [("square 1024", 1, 1024, 1024, 1024), ("square 2048", 1, 2048, 2048, 2048)]
+    for name in cfg_names:
+        c = CONFIGS[name]
+        N = (c["image_size"] // c["patch_size"]) ** 2 + 1
+        B, d, K = c["batch"], c["dim"], c["heads"]
+        shapes += [
+            (f"({name}) tokens@D", 1, B * N, d, d),
+            (f"({name}) W@Wt per head", B * K, N, d // K, N),
+            (f"({name}) A@W per head", B * K, N, N, d // K),
+        ]
+    return shapes
+
+
+def _median_rate(fn, flops, sync, min_time=0.25, max_reps=25):
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    once = max(time.perf_counter() - t0, 1e-6)
+    reps = int(min(max_reps, max(3, min_time / once)))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return flops / statistics.median(times) / 1e9, flops / min(times) / 1e9
+
+
+def measure_ceiling(shapes, dtypes, *, lib="numpy", torch_mod=None, cupy_mod=None, device="cpu"):
+    """GFLOP/s of ``matmul`` (median, best) per dtype and shape, for one library."""
+    out = {}
+    rng = np.random.default_rng(0)
+    for dtype in dtypes:
+        rows = []
+        for label, b, m, k, n in shapes:
+            shape_a = (b, m, k) if b > 1 else (m, k)
+            shape_b = (b, k, n) if b > 1 else (k, n)
+            A = rng.standard_normal(shape_a).astype(dtype)
+            Bm = rng.standard_normal(shape_b).astype(dtype)
+            sync = lambda: None
+            if lib == "numpy":
+                C = np.empty((b, m, n) if b > 1 else (m, n), dtype=dtype)
+                fn = lambda A=A, Bm=Bm, C=C: np.matmul(A, Bm, out=C)
+            elif lib == "cupy":
+                A, Bm = cupy_mod.asarray(A), cupy_mod.asarray(Bm)
+                fn = lambda A=A, Bm=Bm: cupy_mod.matmul(A, Bm)
+                sync = cupy_mod.cuda.Device().synchronize
+            else:
+                A = torch_mod.from_numpy(A).to(device)
+                Bm = torch_mod.from_numpy(Bm).to(device)
+                fn = lambda A=A, Bm=Bm: torch_mod.matmul(A, Bm)
+                if device != "cpu":
+                    sync = torch_mod.cuda.synchronize
+            med, best = _median_rate(fn, 2.0 * b * m * k * n, sync)
+            rows.append({"shape": label, "dims": (b, m, k, n), "gflops_median": med, "gflops_best": best})
+        out[dtype] = rows
+    return out
+
+
+def ceiling_of(rows):
+    """The ceiling: the best median GFLOP/s over the measured shapes."""
+    return max(r["gflops_median"] for r in rows)
+
+
+def print_ceiling(title, results):
+    print(f"== GEMM ceiling, {title} (GFLOP/s: median / best)")
+    for dtype, rows in results.items():
+        cells = ", ".join(f"{r['shape']} {r['gflops_median']:.0f}/{r['gflops_best']:.0f}" for r in rows)
+        print(f"  {dtype}: ceiling {ceiling_of(rows):.1f} GFLOP/s  [{cells}]")
+
+
+# ---------------------------------------------------------------------------------------------
+# The two implementations
+# ---------------------------------------------------------------------------------------------
+
+def make_config(name, dtype):
+    c = {k: v for k, v in CONFIGS[name].items() if k != "batch"}
+    return mc_model.CRATEConfig(**c, dtype=dtype)
+
+
+def make_batch(name, seed=0):
+    """Random images (standard normal) and labels, on the host, float64."""
+    c = CONFIGS[name]
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((c["batch"], c["channels"], c["image_size"], c["image_size"]))
+    labels = rng.integers(0, c["num_classes"], size=c["batch"])
+    return images, labels
+
+
+class MinicrateRunner:
+    """minicrate on one backend: ``forward()`` (logits, cache and loss) and ``fwd_bwd()``."""
+
+    label = "minicrate"
+
+    def __init__(self, name, dtype, backend="numpy", seed=0, params=None):
+        self.config = make_config(name, dtype)
+        self.xp = get_backend(backend)
+        self.backend = backend
+        self.params = params if params is not None else mc_model.init_params(
+            self.config, seed=seed, backend=backend, dtype=dtype)
+        images, labels = make_batch(name, seed)
+        self.images = host_to(self.xp, images, dtype)
+        self.labels = host_to(self.xp, labels, "int64")
+        if backend == "cupy":
+            import cupy
+
+            self.sync = cupy.cuda.Device().synchronize
+        else:
+            self.sync = lambda: None
+
+    def forward(self):
+        logits, cache = mc_model.forward(self.params, self.images, self.config)
+        loss, _ = cross_entropy_forward(logits, self.labels, smoothing=self.config.label_smoothing)
+        self.sync()
+        return loss, cache
+
+    def fwd_bwd(self):
+        loss, grads, _ = mc_model.loss_and_grads(self.params, self.images, self.labels, self.config)
+        self.sync()
+        return loss, grads
+
+    def loss_and_grads_host(self):
+        loss, grads = self.fwd_bwd()
+        return float(loss), {k: to_numpy(v) for k, v in grads.items()}
+
+
+class TorchRunner:
+    """The PyTorch autograd reference with minicrate's weights."""
+
+    label = "torch"
+
+    def __init__(self, name, dtype, params, device="cpu", seed=0):
+        import torch
+
+        from benchmarks.torch_crate import from_config, load_minicrate_params
+
+        self.torch = torch
+        self.config = make_config(name, dtype)
+        self.device = device
+        self.model = from_config(self.config, device=device, dtype=getattr(torch, dtype))
+        load_minicrate_params(self.model, params)
+        self.params_ref = params
+        images, labels = make_batch(name, seed)
+        self.images = torch.from_numpy(images).to(device=device, dtype=getattr(torch, dtype))
+        self.labels = torch.from_numpy(labels).to(device)
+        self.sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+
+    def forward(self):
+        loss = self.model.loss(self.images, self.labels)  # graph recorded, as in training
+        self.sync()
+        return loss
+
+    def fwd_bwd(self):
+        self.model.zero_grad(set_to_none=True)
+        loss = self.model.loss(self.images, self.labels)
+        loss.backward()
+        self.sync()
+        return loss
+
+    def loss_and_grads_host(self):
+        from benchmarks.torch_crate import grads_as_minicrate
+
+        loss = self.fwd_bwd()
+        return loss.item(), grads_as_minicrate(self.model, self.params_ref)
+
+
+def compare(mc, tc):
+    """Relative errors of the loss and of every gradient (‖g_mc − g_t‖ / ‖g_t‖)."""
+    loss_m, grads_m = mc.loss_and_grads_host()
+    loss_t, grads_t = tc.loss_and_grads_host()
+    errs = {}
+    for k, g in grads_t.items():
+        g = g.astype(np.float64)
+        errs[k] = float(np.linalg.norm(grads_m[k].astype(np.float64) - g) / max(np.linalg.norm(g), 1e-30))
+    worst = max(errs, key=errs.get)
+    return {"loss_minicrate": loss_m, "loss_torch": loss_t,
+            "loss_rel_error": abs(loss_m - loss_t) / abs(loss_t),
+            "grad_max_rel_error": errs[worst], "grad_worst_param": worst,
+            "grad_median_rel_error": statistics.median(errs.values())}
+
+
+TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
+
+
+# ---------------------------------------------------------------------------------------------
+# Interleaved timing
+# ---------------------------------------------------------------------------------------------
+
+def _time_call(fn, number):
+    t0 = time.perf_counter()
+    for _ in range(number):
+        result = fn()
+    del result
+    return (time.perf_counter() - t0) / number
+
+
+def time_interleaved(runners, *, rounds, settle, min_sample=0.05):
+    """Median times of ``forward`` and ``fwd_bwd`` per runner, interleaved run by run.
+
+    Each round times every runner's forward, then every runner's
+    forward+backward; the order of the runners alternates between rounds.
+    Calls shorter than ``min_sample`` seconds are repeated inside one sample.
+    Returns ``{phase: {label: [seconds per call, one per round]}}``.
+    """
+    phases = {"forward": lambda r: r.forward, "fwd+bwd": lambda r: r.fwd_bwd}
+    number = {}
+    for r in runners:  # warm-up, and how many calls make one sample
+        for phase, get in phases.items():
+            get(r)()
+            t = _time_call(get(r), 1)
+            number[(r.label, phase)] = max(1, math.ceil(min_sample / max(t, 1e-6)))
+    samples = {phase: {r.label: [] for r in runners} for phase in phases}
+    for i in range(rounds):
+        order = runners if i % 2 == 0 else runners[::-1]
+        for phase, get in phases.items():
+            for r in order:
+                gc.collect()
+                time.sleep(settle)
+                samples[phase][r.label].append(_time_call(get(r), number[(r.label, phase)]))
+    return samples
+
+
+def _quartiles(xs):
+    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return q[0], statistics.median(xs), q[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory: one implementation per fresh subprocess
+# ---------------------------------------------------------------------------------------------
+
+def _status_kb(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(spec):
+    r"""Run in a fresh process: peak resident memory above baseline of one forward+backward.
+
+    Method (the same for both implementations): glibc's ``malloc`` is told to
+    serve every allocation above 64 KiB by ``mmap`` (``MALLOC_MMAP_THRESHOLD_``,
+    set by the parent) so freed arrays go back to the kernel and the resident
+    set size (RSS) follows the live arrays.  After imports, weights, the batch
+    and two warm-up steps (lazy initialisation, kernel caches), the baseline is
+    the current RSS; the kernel's peak counter (VmHWM) is reset through
+    ``/proc/self/clear_refs`` and one forward+backward runs, its result (loss,
+    gradients) kept alive until VmHWM is read.  The figure is VmHWM − baseline:
+    the activations kept for backward, the gradients and the temporaries, as
+    the operating system sees them.  minicrate also reports the peak of NumPy's
+    own allocations from ``tracemalloc`` (a second, separate step) as a check.
+    """
+    spec = json.loads(spec)
+    impl, name, dtype, threads = spec["impl"], spec["config"], spec["dtype"], spec["threads"]
+    _set_threads(threads)
+    mc = MinicrateRunner(name, dtype, "numpy", seed=0)
+    runner = mc
+    if impl == "torch":
+        params = {k: to_numpy(v) for k, v in mc.params.items()}
+        del mc
+        runner = TorchRunner(name, dtype, params, "cpu")
+        del params
+    for _ in range(2):
+        result = runner.fwd_bwd()
+        del result
+    if impl == "torch":
+        runner.model.zero_grad(set_to_none=True)
+    gc.collect()
+    baseline = _status_kb("VmRSS")
+    reset = True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        reset = False
+    hwm_before = _status_kb("VmHWM")
+    result = runner.fwd_bwd()
+    peak = _status_kb("VmHWM")
+    del result
+    out = {"impl": impl, "config": name, "dtype": dtype, "baseline_mb": baseline / 1024,
+           "peak_above_baseline_mb": (peak - baseline) / 1024, "hwm_reset": reset,
+           "hwm_before_mb": hwm_before / 1024}
+    if impl == "minicrate":
+        import tracemalloc
+
+        gc.collect()
+        tracemalloc.start()
+        start = tracemalloc.get_traced_memory()[0]
+        result = runner.fwd_bwd()
+        out["tracemalloc_peak_mb"] = (tracemalloc.get_traced_memory()[1] - start) / 2**20
+        tracemalloc.stop()
+        del result
+    print("MEMORY " + json.dumps(out))
+
+
+def measure_memory(impl, name, dtype, threads):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
+               MALLOC_TOP_PAD_="0")
+    spec = json.dumps({"impl": impl, "config": name, "dtype": dtype, "threads": threads})
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-child", spec],
+                          env=env, capture_output=True, text=True, cwd=str(ROOT))
+    for line in proc.stdout.splitlines():
+        if line.startswith("MEMORY "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"memory subprocess for {impl} failed:\n{proc.stderr[-3000:]}")
+
+
+class _CupyPeak:
+    """Peak bytes in use in CuPy's memory pool (an allocator hook)."""
+
+    def __init__(self):
+        import cupy
+
+        self.cupy = cupy
+        self.pool = cupy.get_default_memory_pool()
+        self.peak = 0
+        cupy.cuda.set_allocator(self.malloc)
+
+    def malloc(self, size):
+        mem = self.pool.malloc(size)
+        self.peak = max(self.peak, self.pool.used_bytes())
+        return mem
+
+    def measure(self, fn):
+        gc.collect()
+        self.cupy.cuda.Device().synchronize()
+        base = self.pool.used_bytes()
+        self.peak = base
+        result = fn()
+        del result
+        return (self.peak - base) / 2**20
+
+
+def gpu_memory(mc, tc):
+    """Peak device memory above baseline: CuPy pool bytes in use vs torch's allocated bytes."""
+    out = {}
+    if mc is not None:
+        out["minicrate"] = _CupyPeak().measure(mc.fwd_bwd)
+    if tc is not None:
+        torch = tc.torch
+        tc.model.zero_grad(set_to_none=True)
+        gc.collect()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        tc.fwd_bwd()
+        out["torch"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def _set_threads(threads):
+    if threads is None:
+        return
+    try:
+        import threadpoolctl
+
+        threadpoolctl.threadpool_limits(threads)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+def run_config(name, dtype, args, torch_mod, ceilings, torch_ceilings):
+    cfg = CONFIGS[name]
+    mc = MinicrateRunner(name, dtype, args.backend, seed=0)
+    tc = None
+    if torch_mod is not None:
+        host_params = {k: to_numpy(v) for k, v in mc.params.items()}
+        tc = TorchRunner(name, dtype, host_params, args.torch_device)
+    flops_t, flops_m = model_flops(cfg), minicrate_flops(cfg)
+    N = (cfg["image_size"] // cfg["patch_size"]) ** 2 + 1
+    print(f"\n== config ({name}) {dtype}: {cfg['image_size']}x{cfg['image_size']}x{cfg['channels']}, "
+          f"patch {cfg['patch_size']}, d {cfg['dim']}, depth {cfg['depth']}, {cfg['heads']} heads, "
+          f"batch {cfg['batch']}, {N} tokens, {mc_model.param_count(mc.config):,} parameters")
+    print(f"  GEMM GFLOP per batch: model (official form) fwd {flops_t['forward'] / 1e9:.2f}, "
+          f"fwd+bwd {(flops_t['forward'] + flops_t['backward']) / 1e9:.2f}; minicrate executes fwd "
+          f"{flops_m['forward'] / 1e9:.2f}, fwd+bwd {(flops_m['forward'] + flops_m['backward']) / 1e9:.2f}")
+    row = {"config": name, "dtype": dtype, "batch": cfg["batch"],
+           "model_gflop": {"forward": flops_t["forward"] / 1e9,
+                           "fwd+bwd": (flops_t["forward"] + flops_t["backward"]) / 1e9},
+           "minicrate_gflop": {"forward": flops_m["forward"] / 1e9,
+                               "fwd+bwd": (flops_m["forward"] + flops_m["backward"]) / 1e9}}
+    if tc is not None:
+        check = compare(mc, tc)
+        row["check"] = check
+        ok = check["loss_rel_error"] <= TOLERANCE[dtype] and check["grad_max_rel_error"] <= TOLERANCE[dtype]
+        print(f"  same weights: loss {check['loss_minicrate']:.6f} (minicrate) vs {check['loss_torch']:.6f} "
+              f"(torch), rel. error {check['loss_rel_error']:.1e}; gradients: max rel. error "
+              f"{check['grad_max_rel_error']:.1e} ({check['grad_worst_param']}), median "
+              f"{check['grad_median_rel_error']:.1e} -> {'agree' if ok else 'DISAGREE'} "
+              f"(tolerance {TOLERANCE[dtype]:g})")
+        if not ok and not args.no_check:
+            raise SystemExit("minicrate and torch disagree; not timing (use --no-check to time anyway)")
+    runners = [mc] + ([tc] if tc is not None else [])
+    load0 = os.getloadavg()
+    samples = time_interleaved(runners, rounds=args.rounds, settle=args.settle)
+    row["loadavg"] = [load0, os.getloadavg()]
+    row["timing"] = {}
+    ceil_m = ceilings[dtype]
+    ceil_t = torch_ceilings.get(dtype) if torch_ceilings else None
+    print(f"  timing: {args.rounds} interleaved rounds, load average {_fmt_load(load0)} -> "
+          f"{_fmt_load(os.getloadavg())}")
+    print(f"  {'phase':8s} {'impl':9s} {'median ms':>10s} {'25-75% ms':>17s} {'model GF/s':>10s} "
+          f"{'exec GF/s':>9s} {'% ceiling':>9s}")
+    for phase, per in samples.items():
+        key = "forward" if phase == "forward" else "fwd+bwd"
+        entry = {}
+        for r in runners:
+            q1, med, q3 = _quartiles(per[r.label])
+            gf_model = row["model_gflop"][key] / med
+            executed = row["minicrate_gflop" if r.label == "minicrate" else "model_gflop"][key]
+            gf_exec = executed / med
+            ceil = ceil_m if r.label == "minicrate" else (ceil_t or ceil_m)
+            entry[r.label] = {"median_ms": med * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
+                              "model_gflops": gf_model, "executed_gflops": gf_exec,
+                              "ceiling_fraction": gf_exec / ceil, "samples_ms": [x * 1e3 for x in per[r.label]]}
+            print(f"  {phase:8s} {r.label:9s} {med * 1e3:10.2f} {q1 * 1e3:8.2f}-{q3 * 1e3:8.2f} "
+                  f"{gf_model:10.1f} {gf_exec:9.1f} {100 * gf_exec / ceil:8.1f}%")
+        if tc is not None:
+            ratios = [a / b for a, b in zip(per["minicrate"], per["torch"])]
+            rq1, rmed, rq3 = _quartiles(ratios)
+            entry["ratio_of_medians"] = entry["minicrate"]["median_ms"] / entry["torch"]["median_ms"]
+            entry["paired_ratio"] = {"median": rmed, "q1": rq1, "q3": rq3}
+            print(f"  {phase:8s} ratio minicrate/torch: {entry['ratio_of_medians']:.3f} (ratio of medians); "
+                  f"per-round ratios median {rmed:.3f}, 25-75% {rq1:.3f}-{rq3:.3f}")
+        row["timing"][phase] = entry
+    if args.memory:
+        if args.backend == "numpy" and args.torch_device == "cpu":
+            mem = {"minicrate": measure_memory("minicrate", name, dtype, args.threads)}
+            if tc is not None:
+                mem["torch"] = measure_memory("torch", name, dtype, args.threads)
+            row["memory"] = mem
+            mcm = mem["minicrate"]["peak_above_baseline_mb"]
+            line = (f"  peak memory above baseline, fwd+bwd (RSS, fresh process each): minicrate {mcm:.1f} MB "
+                    f"(NumPy tracemalloc peak {mem['minicrate']['tracemalloc_peak_mb']:.1f} MB)")
+            if "torch" in mem:
+                tm = mem["torch"]["peak_above_baseline_mb"]
+                row["memory_ratio"] = mcm / tm
+                line += f", torch {tm:.1f} MB, ratio {mcm / tm:.3f}"
+            print(line)
+        else:
+            mem = gpu_memory(mc, tc)
+            row["memory"] = mem
+            line = f"  peak device memory above baseline, fwd+bwd: minicrate {mem['minicrate']:.1f} MB"
+            if "torch" in mem:
+                row["memory_ratio"] = mem["minicrate"] / mem["torch"]
+                line += f", torch {mem['torch']:.1f} MB, ratio {row['memory_ratio']:.3f}"
+            print(line)
+    return row
+
+
+def markdown_table(rows, info, ceilings):
+    """A results table for the README."""
+    lines = ["| config | dtype | fwd minicrate / torch (ms) | ratio | fwd+bwd minicrate / torch (ms) | "
+             "ratio | peak MB minicrate / torch | ratio | GFLOP/s minicrate (exec) | % ceiling |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f, fb = r["timing"]["forward"], r["timing"]["fwd+bwd"]
+        t = "torch" in fb
+        mem = r.get("memory", {})
+
+        def mb(x):
+            return x["peak_above_baseline_mb"] if isinstance(x, dict) else x
+
+        mem_cell = (f"{mb(mem['minicrate']):.0f} / {mb(mem['torch']):.0f}" if "torch" in mem
+                    else (f"{mb(mem['minicrate']):.0f} / –" if mem else "–"))
+        lines.append(
+            f"| ({r['config']}) | {r['dtype']} | {f['minicrate']['median_ms']:.1f} / "
+            f"{f['torch']['median_ms'] if t else float('nan'):.1f} | "
+            f"{f['paired_ratio']['median'] if t else float('nan'):.2f} | "
+            f"{fb['minicrate']['median_ms']:.1f} / {fb['torch']['median_ms'] if t else float('nan'):.1f} | "
+            f"{fb['paired_ratio']['median'] if t else float('nan'):.2f} | {mem_cell} | "
+            f"{r.get('memory_ratio', float('nan')):.2f} | {fb['minicrate']['executed_gflops']:.0f} | "
+            f"{100 * fb['minicrate']['ceiling_fraction']:.0f}% |")
+    pools = info.get("threadpools")
+    blas = ", ".join(f"{p['internal_api']} {p['version']} ({p.get('architecture')}, {p['num_threads']} thr)"
+                     for p in pools) if isinstance(pools, list) else "?"
+    ceil = ", ".join(f"{k} {v:.0f}" for k, v in ceilings.items())
+    torch_info = info.get("torch", {})
+    lines.append("")
+    lines.append(f"{info['cpu']}, {info['cores_usable']} cores; NumPy {info['numpy']} with {blas}; "
+                 f"torch {torch_info.get('version', '–')} ({torch_info.get('blas', '–')}, "
+                 f"{torch_info.get('threads', '–')} threads); NumPy GEMM ceiling GFLOP/s: {ceil}. "
+                 "Ratios are medians of per-round ratios with the implementations interleaved.")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="a,b", help="comma list of %s" % ",".join(CONFIGS))
+    p.add_argument("--dtypes", default="float32,float64")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"],
+                   help="minicrate's array backend")
+    p.add_argument("--torch-device", default=None, help="cpu or cuda (default: cuda with --backend cupy)")
+    p.add_argument("--no-torch", action="store_true", help="time minicrate alone")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 21, 15 for (c))")
+    p.add_argument("--settle", type=float, default=0.02,
+                   help="pause (s) before each timed sample so idle BLAS/OpenMP threads stop spinning")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS/torch threads (default: the libraries' defaults, printed)")
+    p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--no-check", action="store_true", help="time even if the models disagree")
+    p.add_argument("--json", type=Path, default=None, help="write every number to this file")
+    p.add_argument("--markdown", action="store_true", help="print a README results table at the end")
+    p.add_argument("--quick", action="store_true", help="smoke run: few rounds, no float64 on (b)")
+    p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_child is not None:
+        memory_child(args.memory_child)
+        return 0
+    if args.torch_device is None:
+        args.torch_device = "cuda" if args.backend == "cupy" else "cpu"
+    _set_threads(args.threads)
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for n in names:
+        if n not in CONFIGS:
+            raise SystemExit(f"unknown config {n!r}; choose from {sorted(CONFIGS)}")
+    torch_mod = None
+    if not args.no_torch:
+        try:
+            import torch as torch_mod
+        except ImportError:
+            print("torch is not installed: timing minicrate alone (pip install torch for the comparison)")
+    if torch_mod is not None and args.torch_device != "cpu" and not torch_mod.cuda.is_available():
+        print("torch has no CUDA here: timing minicrate alone")
+        torch_mod = None
+    cupy_mod = None
+    if args.backend == "cupy":
+        from minicrate.backend import cupy_available
+
+        if not cupy_available():
+            raise SystemExit("--backend cupy needs a working GPU and CuPy")
+        import cupy as cupy_mod
+
+    info = system_report(torch_mod, args.backend)
+    print_system(info)
+    shapes = ceiling_shapes(names)
+    lib = "cupy" if args.backend == "cupy" else "numpy"
+    ceil_before = measure_ceiling(shapes, dtypes, lib=lib, cupy_mod=cupy_mod)
+    print_ceiling(f"{lib} matmul, before the models", ceil_before)
+    torch_ceil = None
+    if torch_mod is not None:
+        torch_ceil = measure_ceiling(shapes, dtypes, lib="torch", torch_mod=torch_mod, device=args.torch_device)
+        print_ceiling(f"torch matmul ({args.torch_device})", torch_ceil)
+    ceilings = {d: ceiling_of(rows) for d, rows in ceil_before.items()}
+    torch_ceilings = {d: ceiling_of(rows) for d, rows in torch_ceil.items()} if torch_ceil else None
+
+    rows = []
+    for name in names:
+        for dtype in dtypes:
+            if args.quick and name == "b" and dtype == "float64":
+                continue
+            if args.rounds is None:
+                rounds = 5 if args.quick else (15 if name == "c" else 21)
+            else:
+                rounds = args.rounds
+            sub = argparse.Namespace(**{**vars(args), "rounds": rounds})
+            rows.append(run_config(name, dtype, sub, torch_mod, ceilings, torch_ceilings))
+
+    ceil_after = measure_ceiling(shapes, dtypes, lib=lib, cupy_mod=cupy_mod)
+    print()
+    print_ceiling(f"{lib} matmul, after the models", ceil_after)
+    print(f"  load average at the end: {_fmt_load(os.getloadavg())}")
+    if args.markdown:
+        print("\n" + markdown_table(rows, info, ceilings))
+    if args.json:
+        args.json.write_text(json.dumps({"system": info, "ceiling_before": ceil_before,
+                                         "ceiling_after": ceil_after, "torch_ceiling": torch_ceil,
+                                         "results": rows}, indent=1, default=str))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
