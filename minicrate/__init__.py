@@ -45,3 +45,11 @@ from .model import (
     param_count,
     preset,
 )
+from .decoder import (
+    DECODER_KEYS,
+    decoder_layer_backward,
+    decoder_layer_forward,
+    decoder_layer_params,
+    mssa_roundtrip,
+    synthesize,
+)
