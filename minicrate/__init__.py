@@ -41,9 +41,11 @@ from .model import (
     forward,
     init_params,
     intermediates,
+    load,
     loss_and_grads,
     param_count,
     preset,
+    save,
 )
 from .decoder import (
     DECODER_KEYS,

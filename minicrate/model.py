@@ -309,3 +309,21 @@ def describe(config: CRATEConfig, params=None) -> str:
     where = f", {backend_name(namespace(params['head.W']))}" if params is not None else ""
     return (f"CRATE d={config.dim} depth={config.depth} heads={config.heads} patch={config.patch_size} "
             f"tokens={config.num_patches + 1} params={param_count(config):,}{where}")
+
+
+def save(path, params, config: CRATEConfig):
+    """Save a model's parameters and config to ``.npz`` (atomically; bit-exact).
+
+    For training state (optimiser, epoch) use :func:`minicrate.checkpoint.save`.
+    """
+    from . import checkpoint
+
+    return checkpoint.save(path, params, config)
+
+
+def load(path):
+    """Load ``(params, config)`` saved by :func:`save` (NumPy arrays)."""
+    from . import checkpoint
+
+    params, config, _ = checkpoint.load(path)
+    return params, config
