@@ -97,6 +97,7 @@ class Case:
     label: str
     dout: Any = None
     spec: dict = dataclasses.field(default_factory=dict)
+    extra: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,15 +117,17 @@ class Mistake:
 class FiniteDifferences:
     """How to check gradients numerically.
 
-    ``forward(*args, **kwargs)`` is the reference function being
-    differentiated (it may return ``(out, cache)``); ``wrt`` maps a student
-    output name to the forward argument it is the gradient of; ``cotangent``
-    gives the upstream gradient for a case (default: ``case.dout``).
+    ``forward(**inputs)`` is the reference function being differentiated (it
+    may return ``(out, cache)``); ``inputs(case)`` gives its keyword
+    arguments (default: the case's positional arguments under the task's
+    ``argnames``, plus its keyword arguments); ``wrt`` maps a student output
+    name to the input it is the gradient of; ``cotangent(case)`` gives the
+    upstream gradient (default: ``case.dout``).
     """
 
     forward: Callable
-    argnames: tuple
     wrt: Mapping[str, str]
+    inputs: Callable[[Case], dict] | None = None
     cotangent: Callable[[Case], Any] | None = None
     cases: int = 2
     max_entries: int | None = 48
@@ -633,21 +636,21 @@ def _fd_property(task, ran):
 
     spec = task.fd
     used = ran[: spec.cases]
-    names = ", ".join(spec.wrt)
+    names = ", ".join(spec.wrt) if len(spec.wrt) <= 4 else f"all {len(spec.wrt)} gradients"
     verb = "agrees" if len(spec.wrt) == 1 else "agree"
     title = f"{names} {verb} with finite differences of the reference forward on {len(used)} case(s)"
     for i, case, outputs in used:
         grads = {arg: outputs[out] for out, arg in spec.wrt.items() if out in outputs}
         if len(grads) < len(spec.wrt):
             return PropertyResult(title, False, "some gradients are missing (see above)")
-        inputs = dict(zip(spec.argnames, case.args))
-        fixed = dict(case.kwargs)
-
-        def f(**kw):
-            return spec.forward(*(kw[a] for a in spec.argnames), **fixed)
-
+        if spec.inputs is not None:
+            inputs = spec.inputs(case)
+        else:
+            inputs = dict(zip(task.argnames, case.args))
+            inputs.update(case.kwargs)
+        f = spec.forward
         cot = spec.cotangent(case) if spec.cotangent else case.dout
-        like = case.args[0]
+        like = inputs[next(iter(grads))]
         xp = __import__("minicrate.backend", fromlist=["namespace"]).namespace(like)
         cot = xp.asarray(cot, dtype=like.dtype)
         try:
@@ -805,6 +808,10 @@ def grade_module(module, tasks: Sequence[str] | None = None, **options) -> list:
 def grade_file(path, tasks: Sequence[str] | None = None, **options) -> list:
     """Load the student's file (see :func:`load_student_module`) and grade it.
 
+    Without ``tasks``: a file named after an exercise notebook is graded on that
+    notebook's tasks (:func:`tasks_of_notebook`), any other file on every task
+    whose function it defines.
+
     An import error becomes one ``"error"`` result per requested task
     (or a single result named ``"import"``); it never raises for the student's code.
     """
@@ -816,7 +823,21 @@ def grade_file(path, tasks: Sequence[str] | None = None, **options) -> list:
         note = f"could not import {path}: {_format_exception(err)}"
         ids = list(tasks) if tasks else ["import"]
         return [CheckResult(str(t), "-", "error", 0.0, [], 0.0, note) for t in ids]
+    if not tasks:
+        tasks = tasks_of_notebook(path) or None
     return grade_module(module, tasks, **options)
+
+
+def tasks_of_notebook(path) -> list:
+    """Ids of the tasks of the exercise notebook ``path`` is a copy of (matched by file name:
+    ``ch08_mssa_backward-alice.ipynb`` is ``ch08_mssa_backward.md``), or ``[]``.
+
+    A notebook also defines provided functions (exercise 8 provides task 5.2's
+    forward); grading a notebook file checks only its own tasks.
+    """
+    stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+    return [t.id for t in _registry().values()
+            if stem.startswith(os.path.splitext(t.notebook)[0])]
 
 
 def gradescope_json(results) -> dict:

@@ -416,8 +416,7 @@ _TASK_LIST = [
         checks=("dR/dZ equals minicrate.coding_rate_grad",
                 "dR/dZ agrees with central finite differences of minicrate.coding_rate"),
         mistakes=_rate_grad_mistakes(),
-        fd=FiniteDifferences(forward=_rate_forward, argnames=("Z", "eps"), wrt={"dR/dZ": "Z"},
-                             cotangent=_ones_like_rates),
+        fd=FiniteDifferences(forward=_rate_forward, wrt={"dR/dZ": "Z"}, cotangent=_ones_like_rates),
     ),
     Task(
         id="3.3", function="compression_rate", notebook="ch03_compression_rate.md",
@@ -440,10 +439,21 @@ _TASK_LIST = [
                 "dZ and dU agree with finite differences of minicrate.compression_rate "
                 "(summed over the batch)"),
         mistakes=_rc_grad_mistakes(),
-        fd=FiniteDifferences(forward=_rc_forward, argnames=("Z", "U", "eps"),
-                             wrt={"dZ": "Z", "dU": "U"}, cotangent=_ones_like_rates),
+        fd=FiniteDifferences(forward=_rc_forward, wrt={"dZ": "Z", "dU": "U"},
+                             cotangent=_ones_like_rates),
     ),
 ]
 
-TASKS = {t.id: t for t in _TASK_LIST}
+def _book_order(task):
+    chapter, number = task.id.split(".")
+    return int(chapter), int(number)
+
+
+def _all_tasks():
+    from .grading_encoder import ENCODER_TASKS
+
+    return sorted(_TASK_LIST + ENCODER_TASKS, key=_book_order)
+
+
+TASKS = {t.id: t for t in _all_tasks()}
 """Task id -> :class:`~minicrate.grading.Task`, in book order."""
