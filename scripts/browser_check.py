@@ -1,0 +1,397 @@
+#!/usr/bin/env python3
+"""Open the built book in headless Chromium and check what a reader would see.
+
+For every page it checks that
+
+* MathJax typeset the math: every Sphinx math element (``.math``) holds an
+  ``mjx-container``, no ``mjx-merror`` (a TeX error) is shown, and no raw TeX
+  delimiters (``$$``, ``\\(``, ``\\[``, ``\\begin{``) are left in the visible text;
+* every image loaded (``img.complete`` and ``naturalWidth > 0``);
+* no request left the machine.
+
+How it works, with the standard library only:
+
+* The book is served from 127.0.0.1 by a small ``http.server`` that logs every
+  request and inserts one ``<script>`` before ``</body>`` of each HTML page.
+  That script waits for the window's load event and for MathJax's start-up
+  promise, inspects the DOM, and writes its findings as JSON into a
+  ``<pre id="browser-check">`` element.
+* Chromium runs headless with the flags from ``shared/spec/toolchain.md`` §1c
+  and a fresh profile, ``--virtual-time-budget`` so that scripts finish, and
+  ``--dump-dom``, which prints the DOM (with that ``<pre>``) at the end.
+* Chromium's proxy is set to a second local server that answers every request
+  with 403 and records it.  Loopback addresses bypass the proxy, so the page
+  reaches the book server directly, while *any* request to another host, made
+  by the page or by the browser itself, lands in that record.  Host resolution
+  is also mapped to "not found" for every name but 127.0.0.1, as a second
+  guard so that nothing can leave even if the proxy were bypassed.
+* Independently, the page lists every resource it loaded
+  (``performance.getEntriesByType("resource")``); any URL that is not on
+  127.0.0.1 is a failure too.
+
+Usage::
+
+    python scripts/browser_check.py book/_build/html            # every top-level page
+    python scripts/browser_check.py book/_build/html preface.html mssa.html
+
+Exit status 0 when every page passes, 1 when one fails, 2 when Chromium is
+missing.  ``--json FILE`` writes the full per-page report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.server
+import json
+import os
+import re
+import shutil
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+# Flags from the toolchain spec (§1c), plus the proxy/host-resolver guard.
+BASE_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--mute-audio",
+    "--disable-breakpad",
+    "--disable-domain-reliability",
+    "--disable-client-side-phishing-detection",
+    "--no-pings",
+    # Chromium's own housekeeping calls home even with the flags above: the
+    # network-time query (clients2.google.com), the component/extension
+    # updater (update.googleapis.com) and the account service
+    # (accounts.google.com).  Switch the first off and point the other two at
+    # the discard port of the loopback interface, where they fail at once.
+    "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate",
+    "--component-updater=url-source=http://127.0.0.1:9,disable-background-downloads",
+    "--gaia-url=http://127.0.0.1:9",
+    "--lso-url=http://127.0.0.1:9",
+    "--google-apis-url=http://127.0.0.1:9",
+)
+
+# Pages Sphinx generates that are not chapters (search needs a query, the
+# index has no content to check).
+SKIP_PAGES = {"genindex.html", "search.html", "py-modindex.html"}
+
+RESULT_ID = "browser-check"
+
+# Runs in the page.  Written for Chromium; no external code.
+CHECK_SCRIPT = r"""
+<script>
+(function () {
+  function visibleText(root) {
+    var skip = {SCRIPT: 1, STYLE: 1, PRE: 1, CODE: 1, TEXTAREA: 1, NOSCRIPT: 1,
+                "MJX-CONTAINER": 1, "MJX-ASSISTIVE-MML": 1, MATH: 1};
+    var out = [];
+    var walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT, {
+      acceptNode: function (node) {
+        for (var el = node.parentElement; el; el = el.parentElement) {
+          if (skip[el.tagName] || el.id === "%(id)s") return NodeFilter.FILTER_REJECT;
+        }
+        return NodeFilter.FILTER_ACCEPT;
+      }
+    });
+    while (walker.nextNode()) out.push(walker.currentNode.nodeValue);
+    return out.join(" ");
+  }
+  function report() {
+    var math = Array.prototype.slice.call(document.querySelectorAll(".math"));
+    var untypeset = math.filter(function (el) { return !el.querySelector("mjx-container"); })
+                        .map(function (el) { return el.textContent.slice(0, 80); });
+    var text = visibleText(document.body);
+    var raw = [];
+    ["$$", "\\(", "\\)", "\\[", "\\]", "\\begin{", "\\frac", "\\mathbb"].forEach(function (tok) {
+      var i = text.indexOf(tok);
+      if (i >= 0) raw.push(tok + " in: " + text.slice(Math.max(0, i - 40), i + 40));
+    });
+    var images = Array.prototype.slice.call(document.images).map(function (img) {
+      return {src: img.getAttribute("src"), complete: img.complete,
+              naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight};
+    });
+    var resources = performance.getEntriesByType("resource").map(function (e) { return e.name; });
+    var result = {
+      url: location.href,
+      mathjax: !!(window.MathJax && window.MathJax.startup),
+      math_elements: math.length,
+      mjx_containers: document.querySelectorAll("mjx-container").length,
+      mjx_errors: document.querySelectorAll("mjx-merror").length,
+      untypeset: untypeset,
+      raw_tex: raw,
+      images: images,
+      resources: resources,
+      eqno: document.querySelectorAll(".eqno").length
+    };
+    var pre = document.createElement("pre");
+    pre.id = "%(id)s";
+    pre.textContent = JSON.stringify(result);
+    document.body.appendChild(pre);
+  }
+  window.addEventListener("load", function () {
+    var ready = (window.MathJax && MathJax.startup && MathJax.startup.promise) ?
+                MathJax.startup.promise : Promise.resolve();
+    ready.then(function () { setTimeout(report, 50); },
+               function (err) { setTimeout(report, 50); });
+  });
+})();
+</script>
+""" % {"id": RESULT_ID}
+
+
+def find_chromium(explicit: str | None = None) -> str | None:
+    """Path of a Chromium binary: ``explicit``, $CHROMIUM, or a known name on PATH."""
+    for candidate in (explicit, os.environ.get("CHROMIUM"), *CHROMIUM_NAMES):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class BookHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the book; records each request; injects the check script into HTML."""
+
+    log: list  # set per server (class attributes of a subclass, see _start)
+    root: str
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, directory=self.root, **kwargs)
+
+    def do_GET(self):  # noqa: N802 (http.server naming)
+        path = self.path.split("?", 1)[0].split("#", 1)[0]
+        if path.endswith("/"):
+            path += "index.html"
+        if path.endswith(".html"):
+            local = Path(self.translate_path(path))
+            if local.is_file():
+                body = local.read_bytes()
+                marker = b"</body>"
+                pos = body.rfind(marker)
+                injected = CHECK_SCRIPT.encode()
+                body = body[:pos] + injected + body[pos:] if pos >= 0 else body + injected
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+                self.log.append((self.path, 200))
+                return
+        super().do_GET()
+
+    def send_response(self, code, message=None):
+        if not self.path.endswith(".html") or code != 200:
+            self.log.append((self.path, code))
+        super().send_response(code, message)
+
+    def log_message(self, format, *args):  # quiet
+        pass
+
+
+class BlackholeHandler(http.server.BaseHTTPRequestHandler):
+    """The proxy Chromium must use for every non-loopback request: refuses and records."""
+
+    log: list
+
+    def _refuse(self):
+        self.log.append(f"{self.command} {self.path}")
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    do_GET = do_POST = do_HEAD = do_PUT = do_CONNECT = do_OPTIONS = _refuse
+
+    def log_message(self, format, *args):
+        pass
+
+
+def _start(handler_cls, **attrs):
+    handler = type(handler_cls.__name__, (handler_cls,), {"log": [], **attrs})
+    server = _Server(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, handler.log
+
+
+def _parse_result(dom: str):
+    m = re.search(r'<pre id="%s">(.*?)</pre>' % RESULT_ID, dom, re.S)
+    if not m:
+        return None
+    import html
+
+    return json.loads(html.unescape(m.group(1)))
+
+
+def page_failures(result: dict | None, *, expect_math: bool) -> list[str]:
+    """Human-readable problems in one page's in-browser report."""
+    if result is None:
+        return ["the in-page check never reported (the page did not finish loading in the "
+                "virtual time budget, or a script error stopped it)"]
+    problems = []
+    if expect_math and not result["mathjax"]:
+        problems.append("MathJax did not start")
+    if result["untypeset"]:
+        problems.append(f"{len(result['untypeset'])} math element(s) not typeset, e.g. "
+                        f"{result['untypeset'][0]!r}")
+    if result["mjx_errors"]:
+        problems.append(f"{result['mjx_errors']} MathJax error(s) (mjx-merror) shown")
+    if result["raw_tex"]:
+        problems.append("raw TeX left in the text: " + "; ".join(result["raw_tex"][:3]))
+    for img in result["images"]:
+        if not img["complete"] or img["naturalWidth"] <= 0:
+            problems.append(f"image did not load: {img['src']}")
+    outside = [u for u in result["resources"] if not re.match(r"https?://127\.0\.0\.1[:/]", u)]
+    if outside:
+        problems.append("resources from outside the machine: " + ", ".join(outside[:5]))
+    return problems
+
+
+def default_pages(html_dir: Path) -> list[str]:
+    return sorted(p.name for p in html_dir.glob("*.html") if p.name not in SKIP_PAGES)
+
+
+def _dump_dom(chromium, url, proxy_port, budget_ms, timeout_s):
+    """The DOM of ``url`` after ``budget_ms`` of virtual time, from a fresh profile."""
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        cmd = [
+            chromium,
+            *BASE_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--proxy-server=http://127.0.0.1:{proxy_port}",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--window-size=1280,4000",
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            url,
+        ]
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s).stdout
+        except subprocess.TimeoutExpired:
+            return ""
+
+
+def run_checks(html_dir, pages=None, *, chromium=None, budget_ms=20000, timeout_s=90, retries=1,
+               jobs=2):
+    """Check ``pages`` (file names under ``html_dir``); returns a report dict.
+
+    The report has ``pages`` (name -> {"result", "problems", "seconds"}),
+    ``outbound`` (requests the proxy saw), ``not_found`` (paths the book server
+    answered 404 for) and ``ok``.
+    """
+    html_dir = Path(html_dir).resolve()
+    chromium = find_chromium(chromium)
+    if chromium is None:
+        raise FileNotFoundError(
+            "no Chromium found (looked for $CHROMIUM, " + ", ".join(CHROMIUM_NAMES) + "); "
+            "install Debian's 'chromium' (scripts/ensure-chromium does so as root)"
+        )
+    pages = list(pages) if pages else default_pages(html_dir)
+    book, book_log = _start(BookHandler, root=str(html_dir))
+    proxy, proxy_log = _start(BlackholeHandler)
+    port = book.server_address[1]
+    report = {"pages": {}, "outbound": proxy_log, "not_found": [], "chromium": chromium}
+    proxy_port = proxy.server_address[1]
+
+    def check_page(name):
+        url = f"http://127.0.0.1:{port}/{name}"
+        t0 = time.perf_counter()
+        # On a busy machine a page can occasionally miss the virtual time
+        # budget; a second try with twice the budget tells a slow page from a
+        # broken one.
+        for attempt in range(retries + 1):
+            result = _parse_result(_dump_dom(chromium, url, proxy_port,
+                                             budget_ms * (attempt + 1), timeout_s))
+            if result is not None:
+                break
+        source = (html_dir / name).read_text(encoding="utf-8")
+        return name, {
+            "result": result,
+            "problems": page_failures(result, expect_math='class="math' in source),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for name, page in pool.map(check_page, pages):
+                report["pages"][name] = page
+    finally:
+        book.shutdown()
+        proxy.shutdown()
+        book.server_close()
+        proxy.server_close()
+    report["not_found"] = sorted(
+        {path for path, code in book_log if code == 404 and "favicon" not in path}
+    )
+    report["ok"] = (
+        all(not p["problems"] for p in report["pages"].values())
+        and not report["outbound"]
+        and not report["not_found"]
+    )
+    return report
+
+
+def summarise(report) -> str:
+    lines = []
+    for name, page in report["pages"].items():
+        r = page["result"] or {}
+        status = "ok  " if not page["problems"] else "FAIL"
+        lines.append(
+            f"{status} {name}: {r.get('mjx_containers', 0)} typeset formulas "
+            f"({r.get('eqno', 0)} numbered), {len(r.get('images', []))} images, "
+            f"{len(r.get('resources', []))} resources, {page['seconds']:.1f} s"
+        )
+        lines += [f"       - {p}" for p in page["problems"]]
+    lines.append(f"requests that tried to leave the machine: {len(report['outbound'])}")
+    lines += [f"       - {r}" for r in report["outbound"][:10]]
+    lines.append(f"paths the book server could not find: {len(report['not_found'])}")
+    lines += [f"       - {r}" for r in report["not_found"][:10]]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("html_dir", type=Path, help="the built book, e.g. book/_build/html")
+    ap.add_argument("pages", nargs="*", help="page file names (default: every top-level page)")
+    ap.add_argument("--chromium", help="Chromium binary (default: $CHROMIUM or chromium on PATH)")
+    ap.add_argument("--budget-ms", type=int, default=20000, help="--virtual-time-budget per page")
+    ap.add_argument("--jobs", type=int, default=2, help="pages checked at once")
+    ap.add_argument("--json", type=Path, help="write the full report here")
+    args = ap.parse_args(argv)
+    if not (args.html_dir / "index.html").is_file():
+        print(f"browser_check: {args.html_dir} has no index.html; build the book first "
+              "(make book)", file=sys.stderr)
+        return 2
+    try:
+        report = run_checks(args.html_dir, args.pages, chromium=args.chromium,
+                            budget_ms=args.budget_ms, jobs=args.jobs)
+    except FileNotFoundError as err:
+        print(f"browser_check: {err}", file=sys.stderr)
+        return 2
+    print(summarise(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
