@@ -1,0 +1,487 @@
+"""Training CRATE with the hand-written backward: the loop, evaluation, resume.
+
+One call, :func:`train`, runs the whole recipe::
+
+    for each epoch e:                         (batch order: a function of (seed, e))
+        for each batch b:                     (augmentation: a function of (seed, e, b))
+            lr      = warmup_cosine(step)
+            loss, g = loss_and_grads(params, x_b, y_b)      # minicrate.model, no autograd
+            stop if loss or ‖g‖ is not finite (the last good checkpoint stays)
+            g       = clip_by_global_norm(g)                 # optional
+            params  = optimizer.step(params, g, lr)
+        test accuracy, metrics.json, checkpoint.npz          (atomic)
+
+Every random choice is a pure function of the seed and the position in the
+run (epoch, batch), and the checkpoint stores the parameters, the optimiser
+state and that position, so ``resume=True`` continues *bit for bit* as if the
+run had never stopped -- after a clean stop, a Ctrl-C (SIGINT/SIGTERM save a
+checkpoint between two steps and exit), or a hard kill (the run restarts from
+the last checkpoint written: every epoch, and every ``checkpoint_every``
+steps if set).
+
+Determinism: on NumPy the same seed gives identical losses and parameters on
+one machine (same BLAS and thread count).  Other backends: torch on CPU is
+deterministic for these operations in practice; CuPy/cuBLAS and torch on GPU
+may reorder floating-point sums between runs, so losses agree only to
+rounding (a few ulps per step, which can grow over a long run).
+
+A run directory holds ``checkpoint.npz`` (the latest state),
+``metrics.json`` (configs, per-epoch history, wall time, status) and
+``curves.png`` (loss and accuracy per epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .augment import batch_rng, random_shift
+from .backend import get_backend, host_to, to_numpy
+from .model import CRATEConfig, forward, init_params, loss_and_grads, param_count, preset
+from .optim import clip_by_global_norm, make_optimizer
+from .schedule import warmup_cosine
+from .validate import finite_checks
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.json"
+CURVES = "curves.png"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; a checkpoint was written between two steps."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How to train (the model's shape lives in :class:`~minicrate.model.CRATEConfig`).
+
+    ``warmup_epochs`` may be fractional; the schedule is stepped per update.
+    ``shift`` is the augmentation's largest random shift in pixels (0: off).
+    ``clip`` is the global gradient-norm bound (``None``: no clipping).
+    ``checkpoint_every`` adds mid-epoch checkpoints every that many steps.
+    """
+
+    data: str = "digits"
+    test_size: int | None = None
+    split_seed: int = 0
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    epochs: int = 40
+    batch_size: int = 64
+    warmup_epochs: float = 2.0
+    min_lr: float = 0.0
+    clip: float | None = 1.0
+    shift: int = 1
+    seed: int = 0
+    backend: str = "numpy"
+    eval_batch_size: int = 500
+    checkpoint_every: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip must be > 0 or None, got {self.clip}")
+        if self.shift < 0:
+            raise ValueError(f"shift must be >= 0, got {self.shift}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+
+
+# Recipes measured to reach the README's figures (benchmarks/train.py).
+RECIPES = {
+    "digits": (
+        dict(preset="digits"),
+        dict(data="digits", optimizer="adamw", lr=2e-3, weight_decay=0.05, epochs=40,
+             batch_size=64, warmup_epochs=2, shift=1),
+    ),
+    "mnist": (
+        dict(preset="mnist"),
+        dict(data="mnist", optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=40,
+             batch_size=64, warmup_epochs=2, shift=2),
+    ),
+}
+
+
+def recipe(name, **train_overrides):
+    """``(CRATEConfig, TrainConfig)`` of a named recipe (``RECIPES``)."""
+    if name not in RECIPES:
+        raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {name!r}")
+    model_part, train_part = RECIPES[name]
+    return preset(model_part["preset"]), TrainConfig(**{**train_part, **train_overrides})
+
+
+@contextlib.contextmanager
+def limit_threads(n=1):
+    """Limit NumPy's BLAS threads (``threadpoolctl``, installed with scikit-learn).
+
+    CRATE's matrices here are tiny (d ≤ 128, N ≤ 50), so one thread per
+    process is fastest; several threads mostly wait on each other, badly so on
+    a shared machine.  ``n=None`` or ``0`` leaves the setting alone, and
+    without ``threadpoolctl`` this does nothing.
+    """
+    if not n:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(int(n)):
+        yield
+
+
+# -- evaluation ---------------------------------------------------------------
+def evaluate(params, config: CRATEConfig, images, labels, *, batch_size=500):
+    """Accuracy and mean (label-smoothed) loss on host arrays, in batches.
+
+    Args:
+        params: the model's parameters (any backend).
+        config: its :class:`~minicrate.model.CRATEConfig`.
+        images: ``(n, C, H, W)`` NumPy; labels ``(n,)`` integers.
+    Returns:
+        ``{"accuracy", "loss", "predictions"}`` (predictions a NumPy array).
+    """
+    from .backend import namespace
+    from .loss import cross_entropy_forward
+
+    xp = namespace(params["head.W"])
+    dtype = params["head.W"].dtype
+    preds, total_loss = [], 0.0
+    with finite_checks(False):
+        for start in range(0, len(images), batch_size):
+            xb = xp.asarray(np.ascontiguousarray(images[start : start + batch_size]), dtype=dtype)
+            yb = host_to(xp, labels[start : start + batch_size], "int64")
+            logits, _ = forward(params, xb, config)
+            loss, _ = cross_entropy_forward(logits, yb, smoothing=config.label_smoothing)
+            total_loss += float(loss) * xb.shape[0]
+            preds.append(to_numpy(xp.argmax(logits, axis=-1)))
+    preds = np.concatenate(preds)
+    return {
+        "accuracy": float(np.mean(preds == np.asarray(labels))),
+        "loss": total_loss / len(images),
+        "predictions": preds,
+    }
+
+
+# -- run directory ------------------------------------------------------------
+def checkpoint_path(run_or_file):
+    """A checkpoint file given either itself or a run directory."""
+    path = os.fspath(run_or_file)
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r} (give a run directory or a .npz file)")
+    return path
+
+
+def load_run(run_or_file, *, backend="numpy"):
+    """``(params, model_config, extra)`` of the latest checkpoint of a run,
+    with the parameters moved to ``backend``."""
+    params, config, extra = ckpt.load(checkpoint_path(run_or_file))
+    ckpt.check_params(params, init_params(config, seed=0), source=os.fspath(run_or_file))
+    xp = get_backend(backend)
+    return {k: host_to(xp, v, v.dtype.name) for k, v in params.items()}, config, extra
+
+
+def _write_json(path, data):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+class _Signals:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps
+    (a second signal interrupts at once).  A no-op off the main thread."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received = None
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self):
+        if self.enabled:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+# -- the loop -----------------------------------------------------------------
+def train(model_config: CRATEConfig, train_config: TrainConfig, out_dir, *, resume=False,
+          progress=True, handle_signals=False, stop_after_steps=None, log=print):
+    """Train (or resume training) a CRATE classifier; write the run directory.
+
+    Args:
+        model_config: the architecture.
+        train_config: the recipe (:class:`TrainConfig`).
+        out_dir: the run directory (created).
+        resume: continue from ``out_dir/checkpoint.npz``; the model config and
+            recipe must match the checkpoint's (``epochs`` may be raised,
+            which re-shapes the remaining learning-rate schedule).
+        progress: show a tqdm bar per epoch.
+        handle_signals: on SIGINT/SIGTERM finish the current step, save a
+            checkpoint and raise :class:`TrainingInterrupted` (the CLI does this).
+        stop_after_steps: stop (with a checkpoint) once this many steps in
+            total are done, as if interrupted -- used by tests.
+        log: where per-epoch lines go.
+    Returns:
+        a dict: ``params`` (on the backend), ``history`` (per epoch),
+        ``test_accuracy``, ``wall_time_s``, ``steps``, ``status``.
+    Raises:
+        TrainingDiverged: the loss or gradient norm was not finite at a step;
+            the last checkpoint on disk is the last good state.
+        TrainingInterrupted: a signal stopped the run (checkpoint written).
+    """
+    if not isinstance(model_config, CRATEConfig):
+        raise TypeError(f"model_config must be a CRATEConfig, got {type(model_config).__name__}")
+    if not isinstance(train_config, TrainConfig):
+        raise TypeError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
+    from . import data as datasets
+
+    tc, mc = train_config, model_config
+    os.makedirs(out_dir, exist_ok=True)
+    ck_file = os.path.join(out_dir, CHECKPOINT)
+    split = datasets.load(tc.data, test_size=tc.test_size, seed=tc.split_seed)
+    if (split.image_size, split.num_classes, split.x_train.shape[1]) != (
+        mc.image_size, mc.num_classes, mc.channels
+    ):
+        raise ValueError(
+            f"model config expects {mc.channels}×{mc.image_size}×{mc.image_size} images and "
+            f"{mc.num_classes} classes, but {tc.data!r} has {split.x_train.shape[1]}×"
+            f"{split.image_size}×{split.image_size} and {split.num_classes}"
+        )
+    xp = get_backend(tc.backend)
+    dtype = mc.dtype
+    n_train = len(split.x_train)
+    steps_per_epoch = -(-n_train // tc.batch_size)
+    total_steps = tc.epochs * steps_per_epoch
+    warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
+    background = (0.0 - split.mean) / split.std  # a black pixel after standardising
+
+    params = init_params(mc, seed=tc.seed, backend=xp, dtype=dtype)
+    decay = None  # decoupled weight decay on every parameter, as the official code does
+    optimizer = make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay, decay=decay)
+    position = {"epoch": 0, "batch": 0, "step": 0}
+    running = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+    history, wall_before = [], 0.0
+
+    if resume:
+        if not os.path.exists(ck_file):
+            raise FileNotFoundError(f"--resume: no checkpoint at {ck_file!r}")
+        saved, saved_config, extra = ckpt.load(ck_file, expect_config=mc)
+        ckpt.check_params(saved, params, source=ck_file)
+        _check_resumable(extra.get("train_config", {}), tc, ck_file)
+        params = {k: host_to(xp, v, v.dtype.name) for k, v in saved.items()}
+        optimizer.load_state_dict(extra["optimizer"], like=params)
+        position = {k: int(extra["position"][k]) for k in ("epoch", "batch", "step")}
+        running = dict(extra["running"])
+        history = list(extra["history"])
+        wall_before = float(extra["wall_time_s"])
+        log(f"resumed {ck_file} at epoch {position['epoch'] + position['batch'] / steps_per_epoch:.2f} "
+            f"(step {position['step']})")
+
+    def save_state(status):
+        extra = {
+            "train_config": dataclasses.asdict(tc),
+            "optimizer": optimizer.state_dict(),
+            "position": dict(position),
+            "running": dict(running),
+            "history": history,
+            "wall_time_s": wall_before + (time.perf_counter() - t0),
+            "status": status,
+        }
+        ckpt.save(ck_file, params, mc, extra=extra)
+
+    def write_metrics(status, message=None):
+        wall = wall_before + (time.perf_counter() - t0)
+        metrics = {
+            "status": status,
+            "message": message,
+            "model_config": dataclasses.asdict(mc),
+            "train_config": dataclasses.asdict(tc),
+            "param_count": param_count(mc),
+            "n_train": n_train,
+            "n_test": int(len(split.x_test)),
+            "steps": position["step"],
+            "steps_per_epoch": steps_per_epoch,
+            "wall_time_s": wall,
+            "history": history,
+            "test_accuracy": history[-1]["test_accuracy"] if history else None,
+        }
+        _write_json(os.path.join(out_dir, METRICS), metrics)
+        return metrics
+
+    def plot():
+        if history:
+            from .plotting import plot_curves
+
+            plot_curves(history, os.path.join(out_dir, CURVES),
+                        title=f"CRATE on {tc.data} ({param_count(mc):,} parameters)")
+
+    bar_factory = _progress_factory(progress)
+    t0 = time.perf_counter()
+    status = "completed"
+    with _Signals(handle_signals) as signals, finite_checks(False):
+        while position["epoch"] < tc.epochs:
+            epoch = position["epoch"]
+            epoch_start = time.perf_counter()
+            stop = False
+            order = np.random.default_rng([tc.seed, epoch]).permutation(n_train)
+            bar = bar_factory(total=steps_per_epoch, initial=position["batch"],
+                              desc=f"epoch {epoch + 1}/{tc.epochs}")
+            while position["batch"] < steps_per_epoch:
+                b = position["batch"]
+                idx = order[b * tc.batch_size : (b + 1) * tc.batch_size]
+                x = split.x_train[idx]
+                if tc.shift:
+                    x = random_shift(x, tc.shift, batch_rng(tc.seed, epoch, b), fill=background)
+                xb = host_to(xp, x, dtype)
+                yb = host_to(xp, split.y_train[idx], "int64")
+                lr = warmup_cosine(position["step"], total_steps=total_steps, warmup_steps=warmup_steps,
+                                   base_lr=tc.lr, min_lr=tc.min_lr)
+                loss, grads, logits = loss_and_grads(params, xb, yb, mc)
+                where = (f"step {position['step'] + 1} (epoch {epoch + 1}, batch {b + 1}/"
+                         f"{steps_per_epoch})")
+                if not math.isfinite(loss):
+                    _diverged(f"loss is {loss} at {where}", ck_file, write_metrics, plot, bar)
+                if tc.clip is not None:
+                    grads, gnorm = clip_by_global_norm(grads, tc.clip)
+                    if not math.isfinite(gnorm):
+                        _diverged(f"gradient norm is {gnorm} at {where}", ck_file, write_metrics,
+                                  plot, bar)
+                optimizer.step(params, grads, lr=lr)
+                running["loss_sum"] += loss * len(idx)
+                running["correct"] += int(np.sum(to_numpy(xp.argmax(logits, axis=-1)) ==
+                                                 split.y_train[idx]))
+                running["seen"] += len(idx)
+                position["batch"] += 1
+                position["step"] += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+                stop = signals.received or (
+                    stop_after_steps is not None and position["step"] >= stop_after_steps)
+                every = tc.checkpoint_every and position["step"] % tc.checkpoint_every == 0
+                if (stop or every) and position["batch"] < steps_per_epoch:
+                    save_state("running")
+                if stop:
+                    bar.close()
+                    if position["batch"] >= steps_per_epoch:
+                        break  # finish the epoch's bookkeeping first
+                    return _stopped(signals, write_metrics, plot, position, params, history, log)
+            bar.close()
+            test = evaluate(params, mc, split.x_test, split.y_test, batch_size=tc.eval_batch_size)
+            history.append({
+                "epoch": epoch + 1,
+                "step": position["step"],
+                "lr": lr,
+                "train_loss": running["loss_sum"] / running["seen"],
+                "train_accuracy": running["correct"] / running["seen"],
+                "test_loss": test["loss"],
+                "test_accuracy": test["accuracy"],
+                "epoch_time_s": time.perf_counter() - epoch_start,
+                "wall_time_s": wall_before + (time.perf_counter() - t0),
+            })
+            position.update(epoch=epoch + 1, batch=0)
+            running = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+            last = history[-1]
+            log(f"epoch {epoch + 1:>3}/{tc.epochs}  train loss {last['train_loss']:.4f}  "
+                f"train acc {last['train_accuracy']:.4f}  test acc {last['test_accuracy']:.4f}  "
+                f"({last['epoch_time_s']:.1f} s)")
+            done = position["epoch"] >= tc.epochs
+            save_state("completed" if done else "running")
+            write_metrics("completed" if done else "running")
+            if stop and not done:
+                return _stopped(signals, write_metrics, plot, position, params, history, log)
+    plot()
+    metrics = write_metrics(status)
+    return {"params": params, "history": history, "test_accuracy": metrics["test_accuracy"],
+            "wall_time_s": metrics["wall_time_s"], "steps": position["step"], "status": status,
+            "n_test": metrics["n_test"]}
+
+
+def _stopped(signals, write_metrics, plot, position, params, history, log):
+    why = f"signal {signals.received}" if signals.received else "stop_after_steps"
+    message = (f"stopped by {why} after step {position['step']}; checkpoint saved, "
+               "continue with --resume")
+    metrics = write_metrics("interrupted", message)
+    plot()
+    if signals.received:
+        raise TrainingInterrupted(message)
+    log(message)
+    return {"params": params, "history": history, "test_accuracy": metrics["test_accuracy"],
+            "wall_time_s": metrics["wall_time_s"], "steps": position["step"], "status": "interrupted",
+            "n_test": metrics["n_test"]}
+
+
+def _diverged(what, ck_file, write_metrics, plot, bar):
+    bar.close()
+    kept = (f"the last good checkpoint {ck_file!r} is kept" if os.path.exists(ck_file)
+            else "no checkpoint had been written yet")
+    message = (f"training stopped: {what}; {kept}. Try a lower --lr, --clip, or float64.")
+    write_metrics("diverged", message)
+    plot()
+    raise TrainingDiverged(message)
+
+
+_RESUME_FREE = {"epochs", "backend", "eval_batch_size", "checkpoint_every"}
+
+
+def _check_resumable(saved, current, source):
+    now = dataclasses.asdict(current)
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}"
+             for k in now if k not in _RESUME_FREE and saved.get(k) != now[k]]
+    if diffs:
+        raise ckpt.CheckpointError(
+            f"{source} was trained with a different recipe; resuming would not continue the same "
+            "run (" + "; ".join(diffs) + ")")
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_factory(progress):
+    if not progress:
+        return lambda **kw: _NoBar()
+    from tqdm.auto import tqdm
+
+    return lambda **kw: tqdm(leave=False, unit="step", dynamic_ncols=True, **kw)
