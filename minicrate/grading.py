@@ -163,6 +163,8 @@ class Task:
         forward_name: for a backward task, the name of the matching forward.
         reference_forward: for a backward task, the forward used when the
             student gives none.
+        solution: minicrate's implementation with the student's signature
+            (what a full-marks submission computes).
     """
 
     id: str
@@ -184,6 +186,7 @@ class Task:
     argnames: tuple = ()
     forward_name: str | None = None
     reference_forward: Callable | None = None
+    solution: Callable | None = None
 
     @property
     def marker(self) -> str:
@@ -557,7 +560,7 @@ def check(task, student_function, *, forward=None, seed=None, examples=None, bac
             msg = str(err) or f"Task {task.id}"
             return done("not implemented", [],
                         f"not implemented yet ({msg}); write the code where the stub raises")
-        except Exception as err:  # noqa: BLE001 -- the student's code may raise anything
+        except (Exception, SystemExit) as err:  # noqa: BLE001 -- student code may raise anything
             failures.append((i, case, err))
     props = []
     n = len(cases)
@@ -589,7 +592,7 @@ def check(task, student_function, *, forward=None, seed=None, examples=None, bac
     for extra in task.extra:
         try:
             props.append(extra(student_function, cases, {"forward": forward, "backend": backend}))
-        except Exception as err:  # noqa: BLE001
+        except (Exception, SystemExit) as err:  # noqa: BLE001
             props.append(PropertyResult(getattr(extra, "__doc__", None) or extra.__name__, False,
                                         f"raised {_format_exception(err)}"))
     return done("failed", props)

@@ -861,6 +861,24 @@ def _ref_ln_fwd_fn(X, gamma, beta, *, eps=1e-5):
     return layernorm_forward(X, gamma, beta, eps=eps)
 
 
+def _sol_softmax(S):
+    from .functional import softmax
+
+    return softmax(S, axis=-1)
+
+
+def _sol_softmax_backward(dA, A):
+    from .functional import softmax_backward
+
+    return softmax_backward(dA, A, axis=-1)
+
+
+def _sol(module, name):
+    from .grading_tasks import _solution
+
+    return _solution(module, name)
+
+
 # --------------------------------------------------------------------------
 # The tasks
 # --------------------------------------------------------------------------
@@ -876,6 +894,7 @@ ENCODER_TASKS = [
                   {"lead": (), "N": 5, "big": True, "seed": 52}),
         checks=("A equals minicrate.functional.softmax(S, axis=-1), including logits of size 1000",),
         mistakes=_SOFTMAX_MISTAKES,
+        solution=_sol_softmax,
     ),
     Task(
         id="5.2", function="mssa_forward", notebook="ch05_mssa_forward.md",
@@ -887,6 +906,7 @@ ENCODER_TASKS = [
         checks=("Y equals minicrate.mssa_forward (official form: untied W_out with bias; "
                 "scale None means 1/√p)",),
         mistakes=_MSSA_FORWARD_MISTAKES,
+        solution=_ref_mssa_fwd_fn,
     ),
     Task(
         id="6.1", function="ista_forward", notebook="ch06_ista.md",
@@ -896,6 +916,7 @@ ENCODER_TASKS = [
         outputs=_forward_output, argnames=("X", "D"), explicit=_ISTA_EXPLICIT, examples=8,
         checks=("Y equals minicrate.ista_forward (pre-activations kept 0.1 away from the kink)",),
         mistakes=_ISTA_FORWARD_MISTAKES,
+        solution=_ref_ista_fwd_fn,
     ),
     Task(
         id="6.2", function="ista_backward", notebook="ch06_ista.md",
@@ -908,6 +929,7 @@ ENCODER_TASKS = [
                 "dX and dD agree with finite differences of minicrate.ista_forward"),
         mistakes=_ISTA_BACKWARD_MISTAKES,
         fd=FiniteDifferences(forward=_ista_fd_forward, wrt={"dX": "X", "grads['D']": "D"}),
+        solution=_sol("ista", "ista_backward"),
     ),
     Task(
         id="7.1", function="layernorm_forward", notebook="ch07_encoder_layer.md",
@@ -917,6 +939,7 @@ ENCODER_TASKS = [
         outputs=_forward_output, argnames=("X", "gamma", "beta"), explicit=_LN_EXPLICIT, examples=6,
         checks=("Y equals minicrate.layernorm_forward (ε = 1e-5 and 0.1)",),
         mistakes=_LN_FORWARD_MISTAKES,
+        solution=_ref_ln_fwd_fn,
     ),
     Task(
         id="7.2", function="layernorm_backward", notebook="ch07_encoder_layer.md",
@@ -931,6 +954,7 @@ ENCODER_TASKS = [
         mistakes=_LN_BACKWARD_MISTAKES,
         fd=FiniteDifferences(forward=_ln_fd_forward, wrt={"dX": "X", "grads['gamma']": "gamma",
                                                           "grads['beta']": "beta"}),
+        solution=_sol("layernorm", "layernorm_backward"),
     ),
     Task(
         id="7.3", function="encoder_layer_forward", notebook="ch07_encoder_layer.md",
@@ -941,6 +965,7 @@ ENCODER_TASKS = [
         checks=("Y equals minicrate.encoder_layer_forward (pre-LN, untied W_out, s = 1/√p, "
                 "η = λ = 0.1)",),
         mistakes=_LAYER_FORWARD_MISTAKES,
+        solution=_ref_layer_fwd_fn,
     ),
     Task(
         id="7.4", function="encoder_layer_backward", notebook="ch07_encoder_layer.md",
@@ -957,6 +982,7 @@ ENCODER_TASKS = [
         fd=FiniteDifferences(forward=_layer_fd_forward, inputs=_layer_fd_inputs,
                              wrt={"dZ": "Z", **{f"grads[{k!r}]": k for k in LAYER_KEYS}},
                              cases=1, max_entries=24),
+        solution=_sol("encoder", "encoder_layer_backward"),
     ),
     Task(
         id="8.1", function="softmax_backward", notebook="ch08_mssa_backward.md",
@@ -970,6 +996,7 @@ ENCODER_TASKS = [
         mistakes=_SOFTMAX_BWD_MISTAKES,
         fd=FiniteDifferences(forward=_softmax_fd_forward, wrt={"dS": "S"},
                              inputs=lambda case: {"S": case.extra["S"]}),
+        solution=_sol_softmax_backward,
     ),
     Task(
         id="8.2", function="mssa_backward", notebook="ch08_mssa_backward.md",
@@ -985,5 +1012,6 @@ ENCODER_TASKS = [
         fd=FiniteDifferences(forward=_mssa_fd_forward, inputs=_mssa_fd_inputs,
                              wrt={"dZ": "Z", "grads['U']": "U", "grads['W_out']": "W_out",
                                   "grads['b_out']": "b_out"}),
+        solution=_sol("mssa", "mssa_backward"),
     ),
 ]

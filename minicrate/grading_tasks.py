@@ -395,6 +395,18 @@ def _rc_forward(Z, U, eps):
 # The registry
 # --------------------------------------------------------------------------
 
+
+def _solution(module, name):
+    """minicrate's ``module.name``, imported when first called (a full-marks submission)."""
+
+    def solution(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(f"minicrate.{module}"), name)(*args, **kwargs)
+
+    solution.__name__ = name
+    return solution
+
 _TASK_LIST = [
     Task(
         id="3.1", function="coding_rate", notebook="ch03_coding_rate.md",
@@ -404,7 +416,7 @@ _TASK_LIST = [
         reference=_ref_coding_rate, outputs=_one("R"), argnames=("Z", "eps"),
         explicit=_TOKENS_EXPLICIT, examples=8,
         checks=("R equals minicrate.coding_rate on Hypothesis-drawn Z of shape (N, d) or (B, N, d)",),
-        mistakes=_rate_mistakes(),
+        mistakes=_rate_mistakes(), solution=_solution("rates", "coding_rate"),
     ),
     Task(
         id="3.2", function="coding_rate_grad", notebook="ch03_coding_rate.md",
@@ -415,7 +427,7 @@ _TASK_LIST = [
         explicit=_TOKENS_EXPLICIT, examples=8,
         checks=("dR/dZ equals minicrate.coding_rate_grad",
                 "dR/dZ agrees with central finite differences of minicrate.coding_rate"),
-        mistakes=_rate_grad_mistakes(),
+        mistakes=_rate_grad_mistakes(), solution=_solution("rates", "coding_rate_grad"),
         fd=FiniteDifferences(forward=_rate_forward, wrt={"dR/dZ": "Z"}, cotangent=_ones_like_rates),
     ),
     Task(
@@ -426,7 +438,7 @@ _TASK_LIST = [
         reference=_ref_rc, outputs=_one("R^c"), argnames=("Z", "U", "eps"),
         explicit=_HEADS_EXPLICIT, examples=8,
         checks=("R^c equals minicrate.compression_rate (U need not be orthonormal; K·p need not be d)",),
-        mistakes=_rc_mistakes(),
+        mistakes=_rc_mistakes(), solution=_solution("rates", "compression_rate"),
     ),
     Task(
         id="3.4", function="compression_rate_grad", notebook="ch03_compression_rate.md",
@@ -438,7 +450,7 @@ _TASK_LIST = [
         checks=("dZ and dU equal minicrate.compression_rate_grad",
                 "dZ and dU agree with finite differences of minicrate.compression_rate "
                 "(summed over the batch)"),
-        mistakes=_rc_grad_mistakes(),
+        mistakes=_rc_grad_mistakes(), solution=_solution("rates", "compression_rate_grad"),
         fd=FiniteDifferences(forward=_rc_forward, wrt={"dZ": "Z", "dU": "U"},
                              cotangent=_ones_like_rates),
     ),
