@@ -121,8 +121,8 @@ class LMConfig:
 
 
 def _layer_init(config, seed, xp, name):
-    """One layer as the official code initialises it (PyTorch defaults, spec §4.1):
-    nn.Linear weights and biases U(±1/√fan_in), D kaiming-uniform = U(±1/√d),
+    """One layer as the official code initialises it (as :func:`minicrate.model.init_params`):
+    nn.Linear weights and biases U(±1/√fan_in), D kaiming-uniform U(±√(6/d)),
     LayerNorm γ = 1, β = 0."""
     d, K = config.dim, config.heads
     p = d // K
@@ -140,7 +140,8 @@ def _layer_init(config, seed, xp, name):
         "b_out": random_uniform((d,), seed=seed + 2, low=-bound_out, high=bound_out, xp=xp,
                                 dtype=name),
         "ln2_gamma": ones, "ln2_beta": zeros,
-        "D": random_uniform((d, d), seed=seed + 3, low=-bound_in, high=bound_in, xp=xp, dtype=name),
+        "D": random_uniform((d, d), seed=seed + 3, low=-math.sqrt(6.0 / d), high=math.sqrt(6.0 / d),
+                            xp=xp, dtype=name),
     }
 
 

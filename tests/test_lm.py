@@ -255,3 +255,68 @@ def test_intermediates_for_layerwise_measurements():
     assert len(inter["mssa_inputs"]) == len(inter["ista_outputs"]) == 3
     assert inter["attention"][0].shape == (B, 2, N, N)
     assert all(float(np.min(z)) >= 0 for z in inter["ista_outputs"])
+
+
+# ----------------------------------------------------------------------------------------
+# train-lm / sample: a few steps on three plays
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_plays():
+    from minicrate.text import load_corpus
+
+    return load_corpus(plays=["tragedies/macbeth", "comedies/twelfth-night",
+                              "roman/julius-caesar"], val_plays=1)
+
+
+def _run(form, out, corpus, **kw):
+    from minicrate.commands.train_lm import LMTrainConfig, train_lm
+
+    mc = lm.LMConfig(vocab_size=corpus.vocab.size, form=form, context=16, dim=8, depth=1,
+                     heads=2)
+    tc = LMTrainConfig(form=form, steps=6, batch_size=4, warmup_steps=2, eval_every=3,
+                       eval_windows=8)
+    return train_lm(mc, tc, out, progress=False, corpus=corpus, log=lambda *a: None, **kw)
+
+
+def test_train_lm_resume_continues_the_same_run(tmp_path, three_plays):
+    import json
+
+    from minicrate.commands.train_lm import load_run
+
+    full = _run("causal", tmp_path / "full", three_plays)
+    part = _run("causal", tmp_path / "part", three_plays, stop_after_steps=4)
+    assert part["status"] == "interrupted" and part["steps"] == 4
+    resumed = _run("causal", tmp_path / "part", three_plays, resume=True)
+    assert resumed["steps"] == 6 and resumed["status"] == "completed"
+    for k, v in full["params"].items():
+        np.testing.assert_array_equal(v, resumed["params"][k])
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert [h["step"] for h in metrics["history"]] == [3, 6]
+    assert metrics["val_loss"] == full["val_loss"] and "sample" in metrics
+    assert 3.0 < metrics["unigram_val_cross_entropy"] < 3.6
+    assert (tmp_path / "full" / "curves.png").stat().st_size > 1000
+    params, config, vocab, _ = load_run(tmp_path / "full")
+    assert config.form == "causal" and vocab == three_plays.vocab
+
+
+def test_masked_run_reports_accuracy_and_sample_cli(tmp_path, three_plays, capsys):
+    import json
+
+    from minicrate import cli
+
+    _run("masked", tmp_path / "m", three_plays)
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert 0 <= metrics["val_masked_accuracy"] <= 1
+    assert metrics["most_frequent_char"] == " "
+    assert 0 < metrics["val_baseline_accuracy"] < 0.5  # ~0.16 (spaces) on large samples
+    _run("causal", tmp_path / "c", three_plays)
+    assert cli.main(["sample", str(tmp_path / "c"), "--length", "10", "--seed", "1"]) == 0
+    first = capsys.readouterr().out
+    assert cli.main(["sample", str(tmp_path / "c"), "--length", "10", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == first and first.startswith("ROMEO:")
+    assert cli.main(["sample", str(tmp_path / "c"), "--prompt", "ROMEO: ~"]) == 1
+    assert "not in the vocabulary: '~'" in capsys.readouterr().err
+    assert cli.main(["sample", str(tmp_path / "m"), "--prompt", "To b_ or not"]) == 0
+    assert capsys.readouterr().out.startswith("To b")
