@@ -55,3 +55,7 @@ from .decoder import (
     mssa_roundtrip,
     synthesize,
 )
+# Character-level language models on Shakespeare (minicrate.lm, minicrate.text; issue 10).
+from . import lm, text
+from .lm import LMConfig
+from .text import Vocab, load_corpus
