@@ -54,6 +54,7 @@ from .validate import finite_checks
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.json"
 CURVES = "curves.png"
+IMAGE_SIZES = {"digits": 8, "mnist": 28}
 
 
 class TrainingDiverged(RuntimeError):
@@ -68,7 +69,8 @@ class TrainingInterrupted(RuntimeError):
 class TrainConfig:
     """How to train (the model's shape lives in :class:`~minicrate.model.CRATEConfig`).
 
-    ``warmup_epochs`` may be fractional; the schedule is stepped per update.
+    ``warmup_epochs`` may be fractional (the schedule is stepped per update)
+    and is cut to ``epochs`` if longer.
     ``shift`` is the augmentation's largest random shift in pixels (0: off).
     ``clip`` is the global gradient-norm bound (``None``: no clipping).
     ``checkpoint_every`` adds mid-epoch checkpoints every that many steps.
@@ -98,8 +100,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be > 0 or None, got {self.clip}")
         if self.shift < 0:
@@ -113,7 +115,7 @@ RECIPES = {
     "digits": (
         dict(preset="digits"),
         dict(data="digits", optimizer="adamw", lr=2e-3, weight_decay=0.05, epochs=40,
-             batch_size=64, warmup_epochs=2, shift=1),
+             batch_size=64, warmup_epochs=2, shift=0),
     ),
     "mnist": (
         dict(preset="mnist"),
@@ -240,7 +242,7 @@ class _Signals:
 
 # -- the loop -----------------------------------------------------------------
 def train(model_config: CRATEConfig, train_config: TrainConfig, out_dir, *, resume=False,
-          progress=True, handle_signals=False, stop_after_steps=None, log=print):
+          progress=True, handle_signals=False, stop_after_steps=None, log=print, threads=1):
     """Train (or resume training) a CRATE classifier; write the run directory.
 
     Args:
@@ -256,6 +258,8 @@ def train(model_config: CRATEConfig, train_config: TrainConfig, out_dir, *, resu
         stop_after_steps: stop (with a checkpoint) once this many steps in
             total are done, as if interrupted -- used by tests.
         log: where per-epoch lines go.
+        threads: NumPy BLAS threads during the run (:func:`limit_threads`;
+            ``None`` leaves the library's setting).
     Returns:
         a dict: ``params`` (on the backend), ``history`` (per epoch),
         ``test_accuracy``, ``wall_time_s``, ``steps``, ``status``.
@@ -268,6 +272,19 @@ def train(model_config: CRATEConfig, train_config: TrainConfig, out_dir, *, resu
         raise TypeError(f"model_config must be a CRATEConfig, got {type(model_config).__name__}")
     if not isinstance(train_config, TrainConfig):
         raise TypeError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
+    size = IMAGE_SIZES.get(train_config.data)
+    if size is not None and size != model_config.image_size:
+        raise ValueError(
+            f"model config expects {model_config.image_size}×{model_config.image_size} images, "
+            f"but {train_config.data!r} has {size}×{size}"
+        )
+    with limit_threads(threads):
+        return _train(model_config, train_config, out_dir, resume=resume, progress=progress,
+                      handle_signals=handle_signals, stop_after_steps=stop_after_steps, log=log)
+
+
+def _train(model_config, train_config, out_dir, *, resume, progress, handle_signals,
+           stop_after_steps, log):
     from . import data as datasets
 
     tc, mc = train_config, model_config
@@ -287,7 +304,8 @@ def train(model_config: CRATEConfig, train_config: TrainConfig, out_dir, *, resu
     n_train = len(split.x_train)
     steps_per_epoch = -(-n_train // tc.batch_size)
     total_steps = tc.epochs * steps_per_epoch
-    warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
+    # A warm-up longer than the run (e.g. a recipe cut short with --epochs 1) is cut to it.
+    warmup_steps = int(round(min(tc.warmup_epochs, tc.epochs) * steps_per_epoch))
     background = (0.0 - split.mean) / split.std  # a black pixel after standardising
 
     params = init_params(mc, seed=tc.seed, backend=xp, dtype=dtype)

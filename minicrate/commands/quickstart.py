@@ -39,7 +39,7 @@ def run(args):
         with limit_threads(args.threads):
             result = train(model_config, train_config, args.out, resume=args.resume,
                            progress=not args.no_progress, handle_signals=True,
-                           log=lambda line: print(line, flush=True))
+                           log=lambda line: print(line, flush=True), threads=args.threads)
             measured, json_path, measure_png = measure_run(args.out)
             attention_png = attention_run(args.out, n_images=4)
     except TrainingInterrupted as err:

@@ -78,7 +78,7 @@ def run(args):
         with limit_threads(args.threads):
             result = train(model_config, train_config, out, resume=args.resume,
                            progress=not args.no_progress, handle_signals=True,
-                           log=lambda line: print(line, flush=True))
+                           log=lambda line: print(line, flush=True), threads=args.threads)
     except TrainingInterrupted as err:
         print(f"minicrate train: {err}", flush=True)
         return 130
