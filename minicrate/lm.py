@@ -564,3 +564,36 @@ def fill_masks(params, config: LMConfig, vocab, text, *, mask_char="_"):
     for i in positions:
         chars[i] = vocab.chars[int(best[i])]
     return "".join(chars), positions
+
+
+def layerwise(params, config: LMConfig, tokens, *, eps_sq=0.01):
+    """The paper's layer-wise measurements (spec §6.1) on text windows.
+
+    For each layer ℓ and each window (one window plays the part of one image):
+    the measured compression R^c of the MSSA input LN₁(Z^ℓ) (unit-normalised
+    head projections, ½ logdet(I + p/(N·eps_sq) ŴŴᵀ) summed over heads,
+    :func:`minicrate.rates.measured_compression_rate`) and the fraction of
+    non-zero entries of the ISTA output Z^{ℓ+1}.
+
+    Args:
+        tokens: ids ``(B, N)`` (for the masked model, include mask ids if wanted).
+
+    Returns:
+        dict of lists over layers: ``rc``, ``rc_std``, ``nonzero``, ``nonzero_std``.
+    """
+    from .rates import measured_compression_rate, nonzero_fraction
+
+    _, cache = forward(params, tokens, config)
+    inter = intermediates(cache)
+    out = {"rc": [], "rc_std": [], "nonzero": [], "nonzero_std": []}
+    for layer in range(config.depth):
+        U = params[f"layers.{layer}.U"]
+        rc = to_numpy(measured_compression_rate(inter["mssa_inputs"][layer], U, eps_sq=eps_sq,
+                                                reduction="none")).astype("float64")
+        nz = to_numpy(nonzero_fraction(inter["ista_outputs"][layer], reduction="none"))
+        nz = nz.astype("float64")
+        out["rc"].append(float(rc.mean()))
+        out["rc_std"].append(float(rc.std()))
+        out["nonzero"].append(float(nz.mean()))
+        out["nonzero_std"].append(float(nz.std()))
+    return out

@@ -320,3 +320,20 @@ def test_masked_run_reports_accuracy_and_sample_cli(tmp_path, three_plays, capsy
     assert "not in the vocabulary: '~'" in capsys.readouterr().err
     assert cli.main(["sample", str(tmp_path / "m"), "--prompt", "To b_ or not"]) == 0
     assert capsys.readouterr().out.startswith("To b")
+
+
+def test_layerwise_measurements_match_the_rates_functions():
+    from minicrate.rates import measured_compression_rate, nonzero_fraction
+
+    config = tiny(depth=2)
+    params = lm.init_params(config, seed=3)
+    ids = tokens(5, shape=(3, 5))
+    out = lm.layerwise(params, config, ids)
+    _, cache = lm.forward(params, ids, config)
+    inter = lm.intermediates(cache)
+    for layer in range(2):
+        rc = measured_compression_rate(inter["mssa_inputs"][layer], params[f"layers.{layer}.U"])
+        assert np.isclose(out["rc"][layer], float(rc), rtol=1e-12)
+        nz = nonzero_fraction(inter["ista_outputs"][layer])
+        assert np.isclose(out["nonzero"][layer], float(nz), rtol=1e-12)
+        assert 0 < out["nonzero"][layer] <= 1 and out["rc_std"][layer] >= 0
