@@ -59,3 +59,7 @@ from .decoder import (
 from . import lm, text
 from .lm import LMConfig
 from .text import Vocab, load_corpus
+from .optim import SGD, AdamW, Lion, clip_by_global_norm, make_optimizer
+from .schedule import warmup_cosine
+from .train import TrainConfig, TrainingDiverged, TrainingInterrupted, recipe
+from .measure import layerwise, layerwise_comparison
