@@ -462,9 +462,11 @@ def _book_order(task):
 
 
 def _all_tasks():
+    from .grading_decoder import DECODER_TASKS
     from .grading_encoder import ENCODER_TASKS
+    from .grading_training import TRAINING_TASKS
 
-    return sorted(_TASK_LIST + ENCODER_TASKS, key=_book_order)
+    return sorted(_TASK_LIST + ENCODER_TASKS + TRAINING_TASKS + DECODER_TASKS, key=_book_order)
 
 
 TASKS = {t.id: t for t in _all_tasks()}
