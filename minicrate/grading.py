@@ -54,8 +54,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import importlib.util
+import io
 import math
 import os
 import sys
@@ -63,7 +63,8 @@ import tempfile
 import time
 import traceback
 import types
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -301,8 +302,13 @@ def compare(got, expected, rtol=RTOL):
     bad = ~np.isfinite(g)
     if bad.any() and not (~np.isfinite(e)[bad]).all():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        return {"why": "nonfinite", "index": idx, "got": float(g[idx]), "expected": float(e[idx]),
-                "error": math.inf}
+        return {
+            "why": "nonfinite",
+            "index": idx,
+            "got": float(g[idx]),
+            "expected": float(e[idx]),
+            "error": math.inf,
+        }
     scale = max(1.0, float(np.max(np.abs(e[np.isfinite(e)]), initial=0.0)))
     gf, ef = g.reshape(-1), e.reshape(-1)
     with np.errstate(invalid="ignore"):
@@ -314,8 +320,13 @@ def compare(got, expected, rtol=RTOL):
     idx = tuple(int(i) for i in np.unravel_index(flat, g.shape))
     worst = flat
     g, e = gf, ef
-    return {"why": "value", "index": idx, "got": float(g[worst]), "expected": float(e[worst]),
-            "error": float(err[worst])}
+    return {
+        "why": "value",
+        "index": idx,
+        "got": float(g[worst]),
+        "expected": float(e[worst]),
+        "error": float(err[worst]),
+    }
 
 
 def matches(got, expected, rtol=RTOL) -> bool:
@@ -329,13 +340,19 @@ def matches(got, expected, rtol=RTOL) -> bool:
 def _describe_difference(name, diff, case, i, n):
     where = f"case {i + 1} of {n} ({case.label})"
     if diff["why"] == "shape":
-        return (f"{name} has shape {diff['got_shape']} on {where}; expected shape "
-                f"{diff['expected_shape']}")
+        return (
+            f"{name} has shape {diff['got_shape']} on {where}; expected shape "
+            f"{diff['expected_shape']}"
+        )
     if diff["why"] == "nonfinite":
-        return (f"{name} is {diff['got']} at index {diff['index']} on {where}; expected "
-                f"{diff['expected']:.6g}")
-    msg = (f"{name} is off on {where}: relative error {diff['error']:.2e} at index "
-           f"{diff['index']}: yours {diff['got']:.8g}, expected {diff['expected']:.8g}")
+        return (
+            f"{name} is {diff['got']} at index {diff['index']} on {where}; expected "
+            f"{diff['expected']:.6g}"
+        )
+    msg = (
+        f"{name} is off on {where}: relative error {diff['error']:.2e} at index "
+        f"{diff['index']}: yours {diff['got']:.8g}, expected {diff['expected']:.8g}"
+    )
     return msg
 
 
@@ -352,12 +369,16 @@ def _ratio_hint(got, expected):
     if np.allclose(r, r[0], rtol=1e-6, atol=0) and abs(r[0] - 1) > 1e-6:
         if abs(r[0] + 1) < 1e-6:
             return "your result is exactly minus the expected one: check the sign"
-        return (f"your result is the expected one times a constant ({r[0]:.6g}) on this case: "
-                "look for a wrong constant factor")
+        return (
+            f"your result is the expected one times a constant ({r[0]:.6g}) on this case: "
+            "look for a wrong constant factor"
+        )
     err = np.max(np.abs(g - e)) / max(1e-300, float(np.max(np.abs(e))))
     if err < 1e-4:
-        return ("close but not to float64 accuracy (relative difference "
-                f"{err:.1e}): did you compute in float32, or change an epsilon?")
+        return (
+            "close but not to float64 accuracy (relative difference "
+            f"{err:.1e}): did you compute in float32, or change an epsilon?"
+        )
     return None
 
 
@@ -366,7 +387,9 @@ def _format_exception(err: BaseException) -> str:
     where = ""
     for frame in reversed(tb):  # the innermost frame outside this module
         if not frame.filename.endswith(os.path.join("minicrate", "grading.py")):
-            where = f" (line {frame.lineno}: {frame.line})" if frame.line else f" (line {frame.lineno})"
+            where = (
+                f" (line {frame.lineno}: {frame.line})" if frame.line else f" (line {frame.lineno})"
+            )
             break
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {text}{where}"
@@ -428,9 +451,16 @@ def draw_specs(task: Task, n: int, seed: int) -> list:
         drawn = []
 
         @hyp_seed(seed)
-        @settings(max_examples=max(1, n), database=None, deadline=None, derandomize=False,
-                  phases=[Phase.generate], suppress_health_check=list(HealthCheck),
-                  print_blob=False, report_multiple_bugs=False)
+        @settings(
+            max_examples=max(1, n),
+            database=None,
+            deadline=None,
+            derandomize=False,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+            print_blob=False,
+            report_multiple_bugs=False,
+        )
         @given(task.strategy)
         def collect(spec):
             drawn.append(spec)
@@ -478,17 +508,21 @@ def _call(task: Task, fn, case: Case, forward=None):
         try:
             out = fwd(*args, **kwargs)
         except NotImplementedError as err:
-            raise _NotImplemented(f"the forward function it needs is not implemented ({err})") from err
+            raise _NotImplemented(
+                f"the forward function it needs is not implemented ({err})"
+            ) from err
         if not (isinstance(out, tuple) and len(out) == 2):
             raise TypeError("the forward function should return a tuple (out, cache)")
         returned = fn(_copy_value(case.dout), out[1])
     else:
         returned = fn(*args, **kwargs)
     names = _argnames(task, len(args))
-    for name, b, a in zip(names, before, args):
+    for name, b, a in zip(names, before, args, strict=True):
         if _modified(b, a):
-            raise TypeError(f"the function modified its input {name} in place; "
-                            "work on new arrays (e.g. X = X - mu, not X -= mu)")
+            raise TypeError(
+                f"the function modified its input {name} in place; "
+                "work on new arrays (e.g. X = X - mu, not X -= mu)"
+            )
     outputs = task.outputs(returned)
     return {k: as_host(v, k) for k, v in outputs.items()}
 
@@ -507,8 +541,9 @@ def _reference_outputs(task: Task, case: Case):
 # --------------------------------------------------------------------------
 
 
-def check(task, student_function, *, forward=None, seed=None, examples=None, backend="numpy",
-          fd=True) -> CheckResult:
+def check(
+    task, student_function, *, forward=None, seed=None, examples=None, backend="numpy", fd=True
+) -> CheckResult:
     """Grade ``student_function`` on task ``task`` (e.g. ``"3.2"``).
 
     Args:
@@ -538,8 +573,15 @@ def check(task, student_function, *, forward=None, seed=None, examples=None, bac
         score = sum(p.passed for p in props) / n if n else 0.0
         if status == "failed" and n and all(p.passed for p in props):
             status = "passed"
-        return CheckResult(task.id, name, status, score if status != "not implemented" else 0.0,
-                           props, time.perf_counter() - start, note)
+        return CheckResult(
+            task.id,
+            name,
+            status,
+            score if status != "not implemented" else 0.0,
+            props,
+            time.perf_counter() - start,
+            note,
+        )
 
     if not callable(student_function):
         return done("error", [], f"expected a function, got {type(student_function).__name__}")
@@ -558,21 +600,29 @@ def check(task, student_function, *, forward=None, seed=None, examples=None, bac
             return done("not implemented", [], str(err))
         except NotImplementedError as err:
             msg = str(err) or f"Task {task.id}"
-            return done("not implemented", [],
-                        f"not implemented yet ({msg}); write the code where the stub raises")
+            return done(
+                "not implemented",
+                [],
+                f"not implemented yet ({msg}); write the code where the stub raises",
+            )
         except (Exception, SystemExit) as err:  # noqa: BLE001 -- student code may raise anything
             failures.append((i, case, err))
     props = []
     n = len(cases)
     if failures:
         i, case, err = failures[0]
-        props.append(PropertyResult(
-            f"runs on all {n} cases and returns the documented structure", False,
-            f"case {i + 1} of {n} ({case.label}) raised {_format_exception(err)}"
-            + (f"; {len(failures) - 1} more case(s) failed too" if len(failures) > 1 else "")))
+        props.append(
+            PropertyResult(
+                f"runs on all {n} cases and returns the documented structure",
+                False,
+                f"case {i + 1} of {n} ({case.label}) raised {_format_exception(err)}"
+                + (f"; {len(failures) - 1} more case(s) failed too" if len(failures) > 1 else ""),
+            )
+        )
     else:
-        props.append(PropertyResult(
-            f"runs on all {n} cases and returns the documented structure", True))
+        props.append(
+            PropertyResult(f"runs on all {n} cases and returns the documented structure", True)
+        )
 
     # 2. every output against the reference
     references = {}
@@ -595,8 +645,13 @@ def check(task, student_function, *, forward=None, seed=None, examples=None, bac
         try:
             props.append(extra(student_function, cases, {"forward": forward, "backend": backend}))
         except (Exception, SystemExit) as err:  # noqa: BLE001
-            props.append(PropertyResult(getattr(extra, "__doc__", None) or extra.__name__, False,
-                                        f"raised {_format_exception(err)}"))
+            props.append(
+                PropertyResult(
+                    getattr(extra, "__doc__", None) or extra.__name__,
+                    False,
+                    f"raised {_format_exception(err)}",
+                )
+            )
     return done("failed", props)
 
 
@@ -606,9 +661,12 @@ def _output_property(task, out_name, ran, references, n, mistake_cache):
     for i, case, outputs in used:
         expected = references[i][out_name]
         if out_name not in outputs:
-            return PropertyResult(title, False,
-                                  f"{out_name} is missing from what the function returned "
-                                  f"(it returned {sorted(outputs)})")
+            return PropertyResult(
+                title,
+                False,
+                f"{out_name} is missing from what the function returned "
+                f"(it returned {sorted(outputs)})",
+            )
         got = outputs[out_name]
         diff = compare(got, expected)
         if diff is None:
@@ -644,7 +702,9 @@ def _fd_property(task, ran):
     used = ran[: spec.cases]
     names = ", ".join(spec.wrt) if len(spec.wrt) <= 4 else f"all {len(spec.wrt)} gradients"
     verb = "agrees" if len(spec.wrt) == 1 else "agree"
-    title = f"{names} {verb} with finite differences of the reference forward on {len(used)} case(s)"
+    title = (
+        f"{names} {verb} with finite differences of the reference forward on {len(used)} case(s)"
+    )
     for i, case, outputs in used:
         grads = {arg: outputs[out] for out, arg in spec.wrt.items() if out in outputs}
         if len(grads) < len(spec.wrt):
@@ -652,7 +712,7 @@ def _fd_property(task, ran):
         if spec.inputs is not None:
             inputs = spec.inputs(case)
         else:
-            inputs = dict(zip(task.argnames, case.args))
+            inputs = dict(zip(task.argnames, case.args, strict=False))
             inputs.update(case.kwargs)
         f = spec.forward
         cot = spec.cotangent(case) if spec.cotangent else case.dout
@@ -663,13 +723,17 @@ def _fd_property(task, ran):
             grads_x = {a: xp.asarray(g, dtype=like.dtype) for a, g in grads.items()}
             for a, g in grads_x.items():
                 if tuple(g.shape) != tuple(inputs[a].shape):
-                    return PropertyResult(title, False,
-                                          f"the gradient for {a} has shape {tuple(g.shape)}, but "
-                                          f"{a} has shape {tuple(inputs[a].shape)}")
+                    return PropertyResult(
+                        title,
+                        False,
+                        f"the gradient for {a} has shape {tuple(g.shape)}, but "
+                        f"{a} has shape {tuple(inputs[a].shape)}",
+                    )
             report = check_vjp(f, inputs, cot, grads_x, max_entries=spec.max_entries, seed=i)
         except Exception as err:
-            return PropertyResult(title, False, f"finite-difference check failed to run: "
-                                                f"{_format_exception(err)}")
+            return PropertyResult(
+                title, False, f"finite-difference check failed to run: {_format_exception(err)}"
+            )
         if not report.passed:
             out_of = {arg: out for out, arg in spec.wrt.items()}
             bad = [r for r in report.args.values() if r.max_rel_error > report.rtol]
@@ -678,7 +742,8 @@ def _fd_property(task, ran):
                 lines.append(
                     f"{out_of[r.name]} (gradient w.r.t. {r.name}): relative error "
                     f"{r.max_rel_error:.2e} at index {r.worst_index}: yours {r.analytic:.8g}, "
-                    f"finite differences {r.numeric:.8g}")
+                    f"finite differences {r.numeric:.8g}"
+                )
             return PropertyResult(title, False, "\n".join(lines))
     return PropertyResult(title, True)
 
@@ -719,7 +784,9 @@ def describe(task_id=None) -> str:
     tasks = [get_task(task_id)] if task_id is not None else list(_registry().values())
     lines = []
     for t in tasks:
-        lines.append(f"Task {t.id}  {t.function}  ({t.book}; exercises/{t.notebook}; marker {t.marker})")
+        lines.append(
+            f"Task {t.id}  {t.function}  ({t.book}; exercises/{t.notebook}; marker {t.marker})"
+        )
         lines.append(f"  {t.title}")
         for c in t.checks:
             lines.append(f"  checks: {c}")
@@ -754,8 +821,9 @@ def _notebook_code(path: str) -> str:
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        src = "\n".join(line for line in cell.source.splitlines()
-                        if not line.lstrip().startswith(("%", "!")))
+        src = "\n".join(
+            line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!"))
+        )
         if "check(" in src and "def " not in src:
             continue
         parts.append(
@@ -812,8 +880,17 @@ def grade_module(module, tasks: Sequence[str] | None = None, **options) -> list:
         fn = getattr(module, t.function, None)
         if fn is None:
             if tasks:
-                results.append(CheckResult(t.id, t.function, "error", 0.0, [], 0.0,
-                                           f"no function named {t.function} in the file"))
+                results.append(
+                    CheckResult(
+                        t.id,
+                        t.function,
+                        "error",
+                        0.0,
+                        [],
+                        0.0,
+                        f"no function named {t.function} in the file",
+                    )
+                )
             continue
         forward = getattr(module, t.forward_name, None) if t.forward_name else None
         results.append(check(t, fn, forward=forward, **options))
@@ -851,12 +928,19 @@ def tasks_of_notebook(path) -> list:
     forward); grading a notebook file checks only its own tasks.
     """
     stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
-    return [t.id for t in _registry().values()
-            if stem.startswith(os.path.splitext(t.notebook)[0])]
+    return [t.id for t in _registry().values() if stem.startswith(os.path.splitext(t.notebook)[0])]
 
 
 def gradescope_json(results) -> dict:
     """Results in Gradescope's ``results.json`` format (one test per task, 1 point each)."""
-    tests = [{"name": f"Task {r.task} {r.function}", "score": round(r.score, 4), "max_score": 1.0,
-              "output": str(r), "status": "passed" if r.passed else "failed"} for r in results]
+    tests = [
+        {
+            "name": f"Task {r.task} {r.function}",
+            "score": round(r.score, 4),
+            "max_score": 1.0,
+            "output": str(r),
+            "status": "passed" if r.passed else "failed",
+        }
+        for r in results
+    ]
     return {"score": round(sum(t["score"] for t in tests), 4), "tests": tests}

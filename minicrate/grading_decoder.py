@@ -4,7 +4,8 @@ Part of the registry of :mod:`minicrate.grading_tasks`.  The decoder layer
 (spec §5.2, code form, rows are tokens) undoes an encoder layer:
 
 .. math:: \tilde Z^{\ell+1/2} = \operatorname{LN}_1(\tilde Z^\ell)E^\top, \qquad
-          \tilde Z^{\ell+1} = \tilde Z^{\ell+1/2} - \operatorname{MSSA}(\operatorname{LN}_2(\tilde Z^{\ell+1/2}))
+          \tilde Z^{\ell+1} = \tilde Z^{\ell+1/2}
+          - \operatorname{MSSA}(\operatorname{LN}_2(\tilde Z^{\ell+1/2}))
 
 The reference is :mod:`minicrate.decoder`; the known mistakes are NumPy
 variants built from the blocks of :mod:`minicrate.grading_encoder`.
@@ -34,8 +35,9 @@ from .strategies import seeds
 DECODER_KEYS = ("ln1_gamma", "ln1_beta", "E", "ln2_gamma", "ln2_beta", "U", "W_out", "b_out")
 
 
-def np_decoder_forward(Z, P, scale=None, *, sign=-1.0, E_transposed=True, skip="raw", ln1=True,
-                       ln2=True):
+def np_decoder_forward(
+    Z, P, scale=None, *, sign=-1.0, E_transposed=True, skip="raw", ln1=True, ln2=True
+):
     X1 = np_layernorm_forward(Z, P["ln1_gamma"], P["ln1_beta"])[0] if ln1 else Z
     Z_half = X1 @ (P["E"].T if E_transposed else P["E"])
     X2 = np_layernorm_forward(Z_half, P["ln2_gamma"], P["ln2_beta"])[0] if ln2 else Z_half
@@ -44,14 +46,25 @@ def np_decoder_forward(Z, P, scale=None, *, sign=-1.0, E_transposed=True, skip="
     return base + sign * M, {"X1": X1, "Z_half": Z_half, "X2": X2}
 
 
-def np_decoder_backward(dY, Z, P, scale=None, *, upstream_sign=-1.0, skip=True, dE_transposed=False,
-                        transpose_term="both", through_ln1=True):
+def np_decoder_backward(
+    dY,
+    Z,
+    P,
+    scale=None,
+    *,
+    upstream_sign=-1.0,
+    skip=True,
+    dE_transposed=False,
+    transpose_term="both",
+    through_ln1=True,
+):
     _, parts = np_decoder_forward(Z, P, scale)
     X1, Z_half, X2 = parts["X1"], parts["Z_half"], parts["X2"]
     d = Z.shape[-1]
     grads = {}
-    dX2, g = np_mssa_backward(upstream_sign * dY, X2, P["U"], P["W_out"], P["b_out"], scale,
-                              transpose_term=transpose_term)
+    dX2, g = np_mssa_backward(
+        upstream_sign * dY, X2, P["U"], P["W_out"], P["b_out"], scale, transpose_term=transpose_term
+    )
     grads.update(g)
     dbranch, g = np_layernorm_backward(dX2, Z_half, P["ln2_gamma"])
     grads["ln2_gamma"], grads["ln2_beta"] = g["gamma"], g["beta"]
@@ -70,8 +83,13 @@ def np_decoder_backward(dY, Z, P, scale=None, *, upstream_sign=-1.0, skip=True, 
 @st.composite
 def _decoder_spec(draw):
     K, p = draw(st.integers(1, 2)), draw(st.integers(1, 3))
-    return {"B": draw(st.integers(0, 2)), "N": draw(st.integers(1, 4)), "K": K,
-            "p": max(p, 2) if K == 1 else p, "seed": draw(seeds)}
+    return {
+        "B": draw(st.integers(0, 2)),
+        "N": draw(st.integers(1, 4)),
+        "K": K,
+        "p": max(p, 2) if K == 1 else p,
+        "seed": draw(seeds),
+    }
 
 
 _DECODER_EXPLICIT = (
@@ -87,17 +105,25 @@ def _build_decoder(spec, xp):
     d = K * p
     r = np.random.default_rng(spec["seed"])
     params = {
-        "ln1_gamma": 1.0 + 0.2 * r.standard_normal(d), "ln1_beta": 0.2 * r.standard_normal(d),
+        "ln1_gamma": 1.0 + 0.2 * r.standard_normal(d),
+        "ln1_beta": 0.2 * r.standard_normal(d),
         "E": r.standard_normal((d, d)) / math.sqrt(d),
-        "ln2_gamma": 1.0 + 0.2 * r.standard_normal(d), "ln2_beta": 0.2 * r.standard_normal(d),
+        "ln2_gamma": 1.0 + 0.2 * r.standard_normal(d),
+        "ln2_beta": 0.2 * r.standard_normal(d),
         "U": r.standard_normal((K, d, p)) / math.sqrt(d),
-        "W_out": r.standard_normal((d, K * p)) / math.sqrt(K * p), "b_out": 0.2 * r.standard_normal(d),
+        "W_out": r.standard_normal((d, K * p)) / math.sqrt(K * p),
+        "b_out": 0.2 * r.standard_normal(d),
     }
     shape = ((spec["B"],) if spec["B"] else ()) + (spec["N"], d)
     Z = r.standard_normal(shape)
     dY = r.standard_normal(shape)
-    return Case((host_to(xp, Z), {k: host_to(xp, v) for k, v in params.items()}), {},
-                f"Z {shape}, K={K}, p={p}", dout=host_to(xp, dY), spec=spec)
+    return Case(
+        (host_to(xp, Z), {k: host_to(xp, v) for k, v in params.items()}),
+        {},
+        f"Z {shape}, K={K}, p={p}",
+        dout=host_to(xp, dY),
+        spec=spec,
+    )
 
 
 def _decoder_np(case):
@@ -127,17 +153,25 @@ def _dec_fwd_variant(**kw):
 
 
 _DECODER_FORWARD_MISTAKES = (
-    Mistake("MSSA added instead of subtracted",
-            "the decoder runs the compression step backwards: the encoder moves along −∇R^c ≈ "
-            "+MSSA, its time reversal along +∇R^c ≈ −MSSA, so Z̃' = Z̃½ − MSSA(LN₂(Z̃½))",
-            _dec_fwd_variant(sign=1.0)),
-    Mistake("E not transposed",
-            "E is stored (d, d) like an nn.Linear weight: the synthesis is LN₁(Z̃) Eᵀ",
-            _dec_fwd_variant(E_transposed=False)),
-    Mistake("skip from the normalised tokens",
-            "the skip carries the un-normalised Z̃½: Z̃' = Z̃½ − MSSA(LN₂(Z̃½))",
-            _dec_fwd_variant(skip="normalised")),
-    Mistake("no LayerNorm before E", "normalise first: Z̃½ = LN₁(Z̃) Eᵀ", _dec_fwd_variant(ln1=False)),
+    Mistake(
+        "MSSA added instead of subtracted",
+        "the decoder runs the compression step backwards: the encoder moves along −∇R^c ≈ "
+        "+MSSA, its time reversal along +∇R^c ≈ −MSSA, so Z̃' = Z̃½ − MSSA(LN₂(Z̃½))",
+        _dec_fwd_variant(sign=1.0),
+    ),
+    Mistake(
+        "E not transposed",
+        "E is stored (d, d) like an nn.Linear weight: the synthesis is LN₁(Z̃) Eᵀ",
+        _dec_fwd_variant(E_transposed=False),
+    ),
+    Mistake(
+        "skip from the normalised tokens",
+        "the skip carries the un-normalised Z̃½: Z̃' = Z̃½ − MSSA(LN₂(Z̃½))",
+        _dec_fwd_variant(skip="normalised"),
+    ),
+    Mistake(
+        "no LayerNorm before E", "normalise first: Z̃½ = LN₁(Z̃) Eᵀ", _dec_fwd_variant(ln1=False)
+    ),
     Mistake("no LayerNorm before MSSA", "MSSA's input is LN₂(Z̃½)", _dec_fwd_variant(ln2=False)),
 )
 
@@ -155,20 +189,32 @@ def _dec_bwd_variant(keys, **kw):
 _G = lambda *names: tuple(f"grads[{n!r}]" for n in names)  # noqa: E731
 
 _DECODER_BACKWARD_MISTAKES = (
-    Mistake("MSSA upstream gradient with the wrong sign",
-            "Z̃' = Z̃½ − MSSA(...): the MSSA branch receives −dY, so its gradients (and the "
-            "path through it) flip sign", _dec_bwd_variant(("dZ",) + _G("U", "W_out", "b_out", "E"),
-                                                            upstream_sign=1.0)),
-    Mistake("missing the skip gradient",
-            "the skip passes dY straight on: dZ̃½ = dY + LN₂ᵀ(MSSAᵀ(−dY))",
-            _dec_bwd_variant(("dZ",) + _G("E"), skip=False)),
-    Mistake("dE transposed", "dE has E's orientation: dE = Σ dZ̃½ᵀ LN₁(Z̃) (tokens and batch summed)",
-            _dec_bwd_variant(_G("E"), dE_transposed=True)),
-    Mistake("missing S̄ᵀ term (shared query/key)", SHARED_QK_HINT,
-            _dec_bwd_variant(("dZ",) + _G("U", "E", "ln2_gamma", "ln2_beta"), transpose_term="missing")),
-    Mistake("skipped LN₁ in the backward",
-            "the first step normalised Z̃: finish with layernorm_backward through LN₁",
-            _dec_bwd_variant(("dZ",), through_ln1=False)),
+    Mistake(
+        "MSSA upstream gradient with the wrong sign",
+        "Z̃' = Z̃½ − MSSA(...): the MSSA branch receives −dY, so its gradients (and the "
+        "path through it) flip sign",
+        _dec_bwd_variant(("dZ",) + _G("U", "W_out", "b_out", "E"), upstream_sign=1.0),
+    ),
+    Mistake(
+        "missing the skip gradient",
+        "the skip passes dY straight on: dZ̃½ = dY + LN₂ᵀ(MSSAᵀ(−dY))",
+        _dec_bwd_variant(("dZ",) + _G("E"), skip=False),
+    ),
+    Mistake(
+        "dE transposed",
+        "dE has E's orientation: dE = Σ dZ̃½ᵀ LN₁(Z̃) (tokens and batch summed)",
+        _dec_bwd_variant(_G("E"), dE_transposed=True),
+    ),
+    Mistake(
+        "missing S̄ᵀ term (shared query/key)",
+        SHARED_QK_HINT,
+        _dec_bwd_variant(("dZ",) + _G("U", "E", "ln2_gamma", "ln2_beta"), transpose_term="missing"),
+    ),
+    Mistake(
+        "skipped LN₁ in the backward",
+        "the first step normalised Z̃: finish with layernorm_backward through LN₁",
+        _dec_bwd_variant(("dZ",), through_ln1=False),
+    ),
 )
 
 
@@ -192,28 +238,53 @@ _sol_decoder_backward.__name__ = "decoder_layer_backward"
 
 DECODER_TASKS = [
     Task(
-        id="11.1", function="decoder_layer_forward", notebook="ch11_decoder_layer.md",
+        id="11.1",
+        function="decoder_layer_forward",
+        notebook="ch11_decoder_layer.md",
         book="Chapter 11, the decoder",
         title="Z̃½ = LN₁(Z̃)Eᵀ; Y = Z̃½ − MSSA(LN₂(Z̃½)) (code form); returns (Y, cache)",
-        kind="function", strategy=_decoder_spec(), build=_build_decoder,
-        reference=_ref_decoder_forward, outputs=_forward_output, argnames=("Z", "params"),
-        explicit=_DECODER_EXPLICIT, examples=5,
-        checks=("Y equals minicrate.decoder_layer_forward (LayerNorms on, untied W_out, s = 1/√p)",),
-        mistakes=_DECODER_FORWARD_MISTAKES, solution=_ref_decoder_fwd_fn,
+        kind="function",
+        strategy=_decoder_spec(),
+        build=_build_decoder,
+        reference=_ref_decoder_forward,
+        outputs=_forward_output,
+        argnames=("Z", "params"),
+        explicit=_DECODER_EXPLICIT,
+        examples=5,
+        checks=(
+            "Y equals minicrate.decoder_layer_forward (LayerNorms on, untied W_out, s = 1/√p)",
+        ),
+        mistakes=_DECODER_FORWARD_MISTAKES,
+        solution=_ref_decoder_fwd_fn,
     ),
     Task(
-        id="11.2", function="decoder_layer_backward", notebook="ch11_decoder_layer.md",
+        id="11.2",
+        function="decoder_layer_backward",
+        notebook="ch11_decoder_layer.md",
         book="Chapter 11, the decoder",
         title="(dZ, grads) for the decoder layer, grads keyed like params",
-        kind="backward", strategy=_decoder_spec(), build=_build_decoder,
-        reference=_ref_decoder_backward, outputs=_backward_outputs("dZ", DECODER_KEYS),
-        argnames=("Z", "params"), explicit=_DECODER_EXPLICIT, examples=5,
-        forward_name="decoder_layer_forward", reference_forward=_ref_decoder_fwd_fn,
-        checks=("dZ and all eight parameter gradients equal minicrate.decoder_layer_backward",
-                "they agree with finite differences of minicrate.decoder_layer_forward"),
-        mistakes=_DECODER_BACKWARD_MISTAKES, solution=_sol_decoder_backward,
-        fd=FiniteDifferences(forward=_decoder_fd_forward, inputs=_decoder_fd_inputs,
-                             wrt={"dZ": "Z", **{f"grads[{k!r}]": k for k in DECODER_KEYS}},
-                             cases=1, max_entries=24),
+        kind="backward",
+        strategy=_decoder_spec(),
+        build=_build_decoder,
+        reference=_ref_decoder_backward,
+        outputs=_backward_outputs("dZ", DECODER_KEYS),
+        argnames=("Z", "params"),
+        explicit=_DECODER_EXPLICIT,
+        examples=5,
+        forward_name="decoder_layer_forward",
+        reference_forward=_ref_decoder_fwd_fn,
+        checks=(
+            "dZ and all eight parameter gradients equal minicrate.decoder_layer_backward",
+            "they agree with finite differences of minicrate.decoder_layer_forward",
+        ),
+        mistakes=_DECODER_BACKWARD_MISTAKES,
+        solution=_sol_decoder_backward,
+        fd=FiniteDifferences(
+            forward=_decoder_fd_forward,
+            inputs=_decoder_fd_inputs,
+            wrt={"dZ": "Z", **{f"grads[{k!r}]": k for k in DECODER_KEYS}},
+            cases=1,
+            max_entries=24,
+        ),
     ),
 ]

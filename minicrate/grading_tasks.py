@@ -73,8 +73,10 @@ def _one(name):
 
     def outputs(returned):
         if isinstance(returned, (tuple, list)):
-            raise TypeError(f"should return one array ({name}), got a {type(returned).__name__} "
-                            f"of length {len(returned)}")
+            raise TypeError(
+                f"should return one array ({name}), got a {type(returned).__name__} "
+                f"of length {len(returned)}"
+            )
         return {name: returned}
 
     return outputs
@@ -83,8 +85,9 @@ def _one(name):
 def _pair(first, second):
     def outputs(returned):
         if not (isinstance(returned, (tuple, list)) and len(returned) == 2):
-            raise TypeError(f"should return a tuple ({first}, {second}), got "
-                            f"{type(returned).__name__}")
+            raise TypeError(
+                f"should return a tuple ({first}, {second}), got {type(returned).__name__}"
+            )
         return {first: returned[0], second: returned[1]}
 
     return outputs
@@ -155,29 +158,40 @@ def _rate_reduced(op):
 
 ALPHA_HINTS = {
     "swapped": "α = d/(Nε²): the token width d = Z.shape[-1] goes on top and the number of "
-               "tokens N = Z.shape[-2] below; you have them swapped (wrong N/d in the constant)",
+    "tokens N = Z.shape[-2] below; you have them swapped (wrong N/d in the constant)",
     "no_d": "α = d/(Nε²) has the token width d = Z.shape[-1] in the numerator; yours lacks it",
     "no_N": "α = d/(Nε²) divides by the number of tokens N = Z.shape[-2]; yours does not",
     "batch_N": "wrong N in α = d/(Nε²): N is the number of tokens of one sample, Z.shape[-2], "
-               "not the batch size Z.shape[0]",
+    "not the batch size Z.shape[0]",
     "eps_not_squared": "α = d/(Nε²) uses ε squared; yours divides by ε only",
 }
 
 
 def _rate_mistakes():
-    ms = [Mistake("missing ½ (log det instead of ½ log det)",
-                  "R = ½ log det(I + α ZᵀZ): your value is twice that; keep the factor ½",
-                  _rate_variant("right", 2.0))]
+    ms = [
+        Mistake(
+            "missing ½ (log det instead of ½ log det)",
+            "R = ½ log det(I + α ZᵀZ): your value is twice that; keep the factor ½",
+            _rate_variant("right", 2.0),
+        )
+    ]
     ms += [Mistake(f"wrong constant α ({k})", h, _rate_variant(k)) for k, h in ALPHA_HINTS.items()]
     ms += [
-        Mistake("log base 2", "use the natural logarithm (rates are in nats): your value is R/ln 2",
-                _rate_variant("right", 1 / math.log(2))),
-        Mistake("sum over the batch (mean vs sum over the batch)",
-                "return one rate per sample, shape Z.shape[:-2]: you summed the rates over the batch",
-                _rate_reduced(lambda R: np.sum(R))),
-        Mistake("mean over the batch (mean vs sum over the batch)",
-                "return one rate per sample, shape Z.shape[:-2]: you averaged the rates over the batch",
-                _rate_reduced(lambda R: np.mean(R))),
+        Mistake(
+            "log base 2",
+            "use the natural logarithm (rates are in nats): your value is R/ln 2",
+            _rate_variant("right", 1 / math.log(2)),
+        ),
+        Mistake(
+            "sum over the batch (mean vs sum over the batch)",
+            "return one rate per sample, shape Z.shape[:-2]: you summed the rates over the batch",
+            _rate_reduced(lambda R: np.sum(R)),
+        ),
+        Mistake(
+            "mean over the batch (mean vs sum over the batch)",
+            "return one rate per sample, shape Z.shape[:-2]: you averaged the rates over the batch",
+            _rate_reduced(lambda R: np.mean(R)),
+        ),
     ]
     return tuple(ms)
 
@@ -200,28 +214,41 @@ def _grad_variant(kind, factor=1.0, prefactor=True):
 
 def _rate_grad_mistakes():
     ms = [
-        Mistake("factor 2 in ∇logdet",
-                "your gradient is twice the right one -- the factor 2 in ∇logdet: the derivative "
-                "of log det(I + αZᵀZ) is 2αZ(I + αZᵀZ)⁻¹ and the ½ in R cancels that 2, "
-                "so dR/dZ = αZ(I + αZᵀZ)⁻¹",
-                _grad_variant("right", 2.0)),
-        Mistake("factor ½ in ∇logdet",
-                "your gradient is half the right one: differentiating ZᵀZ gives two equal terms, "
-                "so d log det(I + αZᵀZ) = 2α tr((I + αZᵀZ)⁻¹ Zᵀ dZ); with the ½ of R, "
-                "dR/dZ = αZ(I + αZᵀZ)⁻¹",
-                _grad_variant("right", 0.5)),
-        Mistake("missing α in front",
-                "the chain rule brings the constant out: dR/dZ = α Z (I + αZᵀZ)⁻¹; yours lacks "
-                "the leading α",
-                _grad_variant("right", prefactor=False)),
-        Mistake("sign", "dR/dZ points to where R grows; yours has the opposite sign",
-                _grad_variant("right", -1.0)),
+        Mistake(
+            "factor 2 in ∇logdet",
+            "your gradient is twice the right one -- the factor 2 in ∇logdet: the derivative "
+            "of log det(I + αZᵀZ) is 2αZ(I + αZᵀZ)⁻¹ and the ½ in R cancels that 2, "
+            "so dR/dZ = αZ(I + αZᵀZ)⁻¹",
+            _grad_variant("right", 2.0),
+        ),
+        Mistake(
+            "factor ½ in ∇logdet",
+            "your gradient is half the right one: differentiating ZᵀZ gives two equal terms, "
+            "so d log det(I + αZᵀZ) = 2α tr((I + αZᵀZ)⁻¹ Zᵀ dZ); with the ½ of R, "
+            "dR/dZ = αZ(I + αZᵀZ)⁻¹",
+            _grad_variant("right", 0.5),
+        ),
+        Mistake(
+            "missing α in front",
+            "the chain rule brings the constant out: dR/dZ = α Z (I + αZᵀZ)⁻¹; yours lacks "
+            "the leading α",
+            _grad_variant("right", prefactor=False),
+        ),
+        Mistake(
+            "sign",
+            "dR/dZ points to where R grows; yours has the opposite sign",
+            _grad_variant("right", -1.0),
+        ),
     ]
     ms += [Mistake(f"wrong constant α ({k})", h, _grad_variant(k)) for k, h in ALPHA_HINTS.items()]
-    ms.append(Mistake("transposed gradient",
-                      "a gradient has the shape of its input: dR/dZ is (..., N, d) like Z "
-                      "(tokens are rows); yours is transposed",
-                      lambda case: {"dR/dZ": _T(_h(_ref_coding_rate_grad(case)["dR/dZ"]))}))
+    ms.append(
+        Mistake(
+            "transposed gradient",
+            "a gradient has the shape of its input: dR/dZ is (..., N, d) like Z "
+            "(tokens are rows); yours is transposed",
+            lambda case: {"dR/dZ": _T(_h(_ref_coding_rate_grad(case)["dR/dZ"]))},
+        )
+    )
     return tuple(ms)
 
 
@@ -265,8 +292,9 @@ def _build_heads(spec, xp):
 
     shape = (spec["B"], spec["N"], spec["d"]) if spec["B"] else (spec["N"], spec["d"])
     Z = well_conditioned_tokens(xp, shape, spec["seed"])
-    U = normal(xp, (spec["K"], spec["d"], spec["p"]), spec["seed"] + 1,
-               scale=1.0 / math.sqrt(spec["d"]))
+    U = normal(
+        xp, (spec["K"], spec["d"], spec["p"]), spec["seed"] + 1, scale=1.0 / math.sqrt(spec["d"])
+    )
     return Case((Z, U, spec["eps"]), {}, f"{_shape_label(Z=Z, U=U)}, eps={spec['eps']}", spec=spec)
 
 
@@ -293,10 +321,10 @@ def _beta(case, kind="right"):
 
 BETA_HINTS = {
     "d_not_p": "β = p/(Nε²) uses the head width p = U.shape[-1] (each projection ZU_k is "
-               "p-dimensional data), not the model width d (wrong p in the constant)",
+    "p-dimensional data), not the model width d (wrong p in the constant)",
     "no_N": "β = p/(Nε²) divides by the number of tokens N = Z.shape[-2]; yours does not",
     "batch_N": "wrong N in β = p/(Nε²): N is the number of tokens of one sample, Z.shape[-2], "
-               "not the batch size Z.shape[0]",
+    "not the batch size Z.shape[0]",
     "eps_not_squared": "β = p/(Nε²) uses ε squared; yours divides by ε only",
 }
 
@@ -316,14 +344,25 @@ def _rc_variant(kind="right", factor=1.0, reduce=np.sum):
 
 
 def _rc_mistakes():
-    ms = [Mistake("missing ½", "each head's rate is ½ log det(I + β W_kᵀW_k); your value is twice that",
-                  _rc_variant(factor=2.0))]
+    ms = [
+        Mistake(
+            "missing ½",
+            "each head's rate is ½ log det(I + β W_kᵀW_k); your value is twice that",
+            _rc_variant(factor=2.0),
+        )
+    ]
     ms += [Mistake(f"wrong constant β ({k})", h, _rc_variant(k)) for k, h in BETA_HINTS.items()]
     ms += [
-        Mistake("mean over heads", "R^c is the *sum* of the K heads' rates; you averaged them",
-                _rc_variant(reduce=np.mean)),
-        Mistake("heads not summed", "R^c sums the K heads' rates, so it has shape Z.shape[:-2]; "
-                "yours keeps a heads axis", _rc_variant(reduce=None)),
+        Mistake(
+            "mean over heads",
+            "R^c is the *sum* of the K heads' rates; you averaged them",
+            _rc_variant(reduce=np.mean),
+        ),
+        Mistake(
+            "heads not summed",
+            "R^c sums the K heads' rates, so it has shape Z.shape[:-2]; yours keeps a heads axis",
+            _rc_variant(reduce=None),
+        ),
     ]
     return tuple(ms)
 
@@ -356,24 +395,35 @@ def _rc_grad_variant(kind="right", factor=1.0, dU_reduce="sum"):
 
 def _rc_grad_mistakes():
     ms = [
-        Mistake("factor 2 in ∇logdet",
-                "your gradient is twice the right one -- the factor 2 in ∇logdet: the ½ of each "
-                "head's rate cancels the 2 from differentiating W_kᵀW_k, so "
-                "dR^c/dZ = β Σ_k W_k M_k⁻¹ U_kᵀ with W_k = ZU_k, M_k = I + βW_kᵀW_k",
-                _rc_grad_variant(factor=2.0)),
-        Mistake("sign", "the gradient points to where R^c grows; yours has the opposite sign",
-                _rc_grad_variant(factor=-1.0)),
+        Mistake(
+            "factor 2 in ∇logdet",
+            "your gradient is twice the right one -- the factor 2 in ∇logdet: the ½ of each "
+            "head's rate cancels the 2 from differentiating W_kᵀW_k, so "
+            "dR^c/dZ = β Σ_k W_k M_k⁻¹ U_kᵀ with W_k = ZU_k, M_k = I + βW_kᵀW_k",
+            _rc_grad_variant(factor=2.0),
+        ),
+        Mistake(
+            "sign",
+            "the gradient points to where R^c grows; yours has the opposite sign",
+            _rc_grad_variant(factor=-1.0),
+        ),
     ]
-    ms += [Mistake(f"wrong constant β ({k})", h, _rc_grad_variant(k)) for k, h in BETA_HINTS.items()]
     ms += [
-        Mistake("dU averaged over the batch (mean vs sum over the batch)",
-                "dU must be the gradient of the *sum* of the per-sample rates: add the samples' "
-                "contributions ZᵀG over the batch, do not average them",
-                lambda case: {"dU": _rc_grad_variant(dU_reduce="mean")(case)["dU"]}),
-        Mistake("dU not summed over the batch",
-                "U is shared by all samples, so dU has U's shape (K, d, p): sum the per-sample "
-                "gradients over the batch axis",
-                lambda case: {"dU": _rc_grad_variant(dU_reduce="none")(case)["dU"]}),
+        Mistake(f"wrong constant β ({k})", h, _rc_grad_variant(k)) for k, h in BETA_HINTS.items()
+    ]
+    ms += [
+        Mistake(
+            "dU averaged over the batch (mean vs sum over the batch)",
+            "dU must be the gradient of the *sum* of the per-sample rates: add the samples' "
+            "contributions ZᵀG over the batch, do not average them",
+            lambda case: {"dU": _rc_grad_variant(dU_reduce="mean")(case)["dU"]},
+        ),
+        Mistake(
+            "dU not summed over the batch",
+            "U is shared by all samples, so dU has U's shape (K, d, p): sum the per-sample "
+            "gradients over the batch axis",
+            lambda case: {"dU": _rc_grad_variant(dU_reduce="none")(case)["dU"]},
+        ),
     ]
     return tuple(ms)
 
@@ -407,54 +457,97 @@ def _solution(module, name):
     solution.__name__ = name
     return solution
 
+
 _TASK_LIST = [
     Task(
-        id="3.1", function="coding_rate", notebook="ch03_coding_rate.md",
+        id="3.1",
+        function="coding_rate",
+        notebook="ch03_coding_rate.md",
         book="Chapter 3, the lossy coding rate",
         title="R(Z) = ½ log det(I_d + α ZᵀZ), α = d/(Nε²), one value per sample",
-        kind="function", strategy=_tokens_spec(), build=_build_tokens,
-        reference=_ref_coding_rate, outputs=_one("R"), argnames=("Z", "eps"),
-        explicit=_TOKENS_EXPLICIT, examples=8,
-        checks=("R equals minicrate.coding_rate on Hypothesis-drawn Z of shape (N, d) or (B, N, d)",),
-        mistakes=_rate_mistakes(), solution=_solution("rates", "coding_rate"),
+        kind="function",
+        strategy=_tokens_spec(),
+        build=_build_tokens,
+        reference=_ref_coding_rate,
+        outputs=_one("R"),
+        argnames=("Z", "eps"),
+        explicit=_TOKENS_EXPLICIT,
+        examples=8,
+        checks=(
+            "R equals minicrate.coding_rate on Hypothesis-drawn Z of shape (N, d) or (B, N, d)",
+        ),
+        mistakes=_rate_mistakes(),
+        solution=_solution("rates", "coding_rate"),
     ),
     Task(
-        id="3.2", function="coding_rate_grad", notebook="ch03_coding_rate.md",
+        id="3.2",
+        function="coding_rate_grad",
+        notebook="ch03_coding_rate.md",
         book="Chapter 3, the lossy coding rate",
         title="dR/dZ = α Z (I_d + α ZᵀZ)⁻¹ (a linear solve, not an inverse)",
-        kind="function", strategy=_tokens_spec(), build=_build_tokens,
-        reference=_ref_coding_rate_grad, outputs=_one("dR/dZ"), argnames=("Z", "eps"),
-        explicit=_TOKENS_EXPLICIT, examples=8,
-        checks=("dR/dZ equals minicrate.coding_rate_grad",
-                "dR/dZ agrees with central finite differences of minicrate.coding_rate"),
-        mistakes=_rate_grad_mistakes(), solution=_solution("rates", "coding_rate_grad"),
+        kind="function",
+        strategy=_tokens_spec(),
+        build=_build_tokens,
+        reference=_ref_coding_rate_grad,
+        outputs=_one("dR/dZ"),
+        argnames=("Z", "eps"),
+        explicit=_TOKENS_EXPLICIT,
+        examples=8,
+        checks=(
+            "dR/dZ equals minicrate.coding_rate_grad",
+            "dR/dZ agrees with central finite differences of minicrate.coding_rate",
+        ),
+        mistakes=_rate_grad_mistakes(),
+        solution=_solution("rates", "coding_rate_grad"),
         fd=FiniteDifferences(forward=_rate_forward, wrt={"dR/dZ": "Z"}, cotangent=_ones_like_rates),
     ),
     Task(
-        id="3.3", function="compression_rate", notebook="ch03_compression_rate.md",
+        id="3.3",
+        function="compression_rate",
+        notebook="ch03_compression_rate.md",
         book="Chapter 3, the compression term R^c",
         title="R^c(Z|U) = Σ_k ½ log det(I_p + β (ZU_k)ᵀ(ZU_k)), β = p/(Nε²)",
-        kind="function", strategy=_heads_spec(), build=_build_heads,
-        reference=_ref_rc, outputs=_one("R^c"), argnames=("Z", "U", "eps"),
-        explicit=_HEADS_EXPLICIT, examples=8,
-        checks=("R^c equals minicrate.compression_rate (U need not be orthonormal; K·p need not be d)",),
-        mistakes=_rc_mistakes(), solution=_solution("rates", "compression_rate"),
+        kind="function",
+        strategy=_heads_spec(),
+        build=_build_heads,
+        reference=_ref_rc,
+        outputs=_one("R^c"),
+        argnames=("Z", "U", "eps"),
+        explicit=_HEADS_EXPLICIT,
+        examples=8,
+        checks=(
+            "R^c equals minicrate.compression_rate (U need not be orthonormal; K·p need not be d)",
+        ),
+        mistakes=_rc_mistakes(),
+        solution=_solution("rates", "compression_rate"),
     ),
     Task(
-        id="3.4", function="compression_rate_grad", notebook="ch03_compression_rate.md",
+        id="3.4",
+        function="compression_rate_grad",
+        notebook="ch03_compression_rate.md",
         book="Chapter 3 (the gradient of R^c, the start of chapter 5's MSSA)",
         title="(dR^c/dZ, dR^c/dU) with W_k = ZU_k, M_k = I + βW_kᵀW_k; dU summed over the batch",
-        kind="function", strategy=_heads_spec(), build=_build_heads,
-        reference=_ref_rc_grad, outputs=_pair("dZ", "dU"), argnames=("Z", "U", "eps"),
-        explicit=_HEADS_EXPLICIT, examples=8,
-        checks=("dZ and dU equal minicrate.compression_rate_grad",
-                "dZ and dU agree with finite differences of minicrate.compression_rate "
-                "(summed over the batch)"),
-        mistakes=_rc_grad_mistakes(), solution=_solution("rates", "compression_rate_grad"),
-        fd=FiniteDifferences(forward=_rc_forward, wrt={"dZ": "Z", "dU": "U"},
-                             cotangent=_ones_like_rates),
+        kind="function",
+        strategy=_heads_spec(),
+        build=_build_heads,
+        reference=_ref_rc_grad,
+        outputs=_pair("dZ", "dU"),
+        argnames=("Z", "U", "eps"),
+        explicit=_HEADS_EXPLICIT,
+        examples=8,
+        checks=(
+            "dZ and dU equal minicrate.compression_rate_grad",
+            "dZ and dU agree with finite differences of minicrate.compression_rate "
+            "(summed over the batch)",
+        ),
+        mistakes=_rc_grad_mistakes(),
+        solution=_solution("rates", "compression_rate_grad"),
+        fd=FiniteDifferences(
+            forward=_rc_forward, wrt={"dZ": "Z", "dU": "U"}, cotangent=_ones_like_rates
+        ),
     ),
 ]
+
 
 def _book_order(task):
     chapter, number = task.id.split(".")

@@ -39,9 +39,14 @@ def _forward_output_named(name):
 
 @st.composite
 def _ce_spec(draw):
-    return {"B": draw(st.integers(1, 5)), "C": draw(st.integers(2, 6)),
-            "smoothing": draw(st.sampled_from([0.0, 0.1, 0.3])), "big": False,
-            "dloss": draw(st.sampled_from([1.0, 0.5, 2.0])), "seed": draw(seeds)}
+    return {
+        "B": draw(st.integers(1, 5)),
+        "C": draw(st.integers(2, 6)),
+        "smoothing": draw(st.sampled_from([0.0, 0.1, 0.3])),
+        "big": False,
+        "dloss": draw(st.sampled_from([1.0, 0.5, 2.0])),
+        "seed": draw(seeds),
+    }
 
 
 _CE_EXPLICIT = (
@@ -56,11 +61,16 @@ def _build_ce(spec, xp):
     rng = np.random.default_rng(spec["seed"])
     logits = rng.standard_normal((spec["B"], spec["C"])) * (1000.0 if spec["big"] else 2.0)
     labels = rng.integers(0, spec["C"], size=spec["B"])
-    label = (f"logits ({spec['B']}, {spec['C']}), smoothing={spec['smoothing']}"
-             + (", logits of size ~1000" if spec["big"] else ""))
-    return Case((host_to(xp, logits), host_to(xp, labels, dtype="int64")),
-                {"smoothing": spec["smoothing"]}, label,
-                dout=xp.asarray(spec["dloss"], dtype=xp.float64), spec=spec)
+    label = f"logits ({spec['B']}, {spec['C']}), smoothing={spec['smoothing']}" + (
+        ", logits of size ~1000" if spec["big"] else ""
+    )
+    return Case(
+        (host_to(xp, logits), host_to(xp, labels, dtype="int64")),
+        {"smoothing": spec["smoothing"]},
+        label,
+        dout=xp.asarray(spec["dloss"], dtype=xp.float64),
+        spec=spec,
+    )
 
 
 def _ce_np(case):
@@ -96,32 +106,52 @@ def _ce_loss(case, targets="right", reduce="mean", stable=True):
             e = np.exp(logits)
             logp = np.log(e / e.sum(-1, keepdims=True))
     per_sample = -(_targets(labels, C, eps, targets) * logp).sum(-1)
-    return {"mean": per_sample.mean(), "sum": per_sample.sum(), "all": per_sample.sum() / (B * C)}[reduce]
+    return {"mean": per_sample.mean(), "sum": per_sample.sum(), "all": per_sample.sum() / (B * C)}[
+        reduce
+    ]
 
 
 def _ce_variant(**kw):
     return lambda case: {"loss": _ce_loss(case, **kw)}
 
 
-SMOOTHING_HINT = ("label smoothing with C classes: the target is q = (1 − ε)·onehot(y) + ε/C "
-                  "(timm's LabelSmoothingCrossEntropy; the ε/C also lands on the true class)")
+SMOOTHING_HINT = (
+    "label smoothing with C classes: the target is q = (1 − ε)·onehot(y) + ε/C "
+    "(timm's LabelSmoothingCrossEntropy; the ε/C also lands on the true class)"
+)
 
 _CE_FORWARD_MISTAKES = (
-    Mistake("sum over the batch (mean vs sum over the batch)",
-            "the loss is the *mean* over the batch of the per-sample cross-entropies; you summed",
-            _ce_variant(reduce="sum")),
-    Mistake("mean over classes too",
-            "sum −q·log p over the classes, then average over the batch (not over classes too)",
-            _ce_variant(reduce="all")),
-    Mistake("smoothing ε/(C−1)", SMOOTHING_HINT + "; you spread ε over the C − 1 wrong classes",
-            _ce_variant(targets="C_minus_1")),
-    Mistake("no smoothing", SMOOTHING_HINT + "; you used the one-hot target",
-            _ce_variant(targets="no_smoothing")),
-    Mistake("missing (1 − ε)", SMOOTHING_HINT + "; your target sums to 1 + ε",
-            _ce_variant(targets="no_one_minus")),
-    Mistake("unstable log-softmax",
-            "log(softmax) overflows for large logits: use log p = ℓ − m − log Σ exp(ℓ − m) with "
-            "m the row maximum", _ce_variant(stable=False)),
+    Mistake(
+        "sum over the batch (mean vs sum over the batch)",
+        "the loss is the *mean* over the batch of the per-sample cross-entropies; you summed",
+        _ce_variant(reduce="sum"),
+    ),
+    Mistake(
+        "mean over classes too",
+        "sum −q·log p over the classes, then average over the batch (not over classes too)",
+        _ce_variant(reduce="all"),
+    ),
+    Mistake(
+        "smoothing ε/(C−1)",
+        SMOOTHING_HINT + "; you spread ε over the C − 1 wrong classes",
+        _ce_variant(targets="C_minus_1"),
+    ),
+    Mistake(
+        "no smoothing",
+        SMOOTHING_HINT + "; you used the one-hot target",
+        _ce_variant(targets="no_smoothing"),
+    ),
+    Mistake(
+        "missing (1 − ε)",
+        SMOOTHING_HINT + "; your target sums to 1 + ε",
+        _ce_variant(targets="no_one_minus"),
+    ),
+    Mistake(
+        "unstable log-softmax",
+        "log(softmax) overflows for large logits: use log p = ℓ − m − log Σ exp(ℓ − m) with "
+        "m the row maximum",
+        _ce_variant(stable=False),
+    ),
 )
 
 
@@ -159,17 +189,27 @@ def _ce_bwd_variant(**kw):
 
 
 _CE_BACKWARD_MISTAKES = (
-    Mistake("not divided by the batch size (mean vs sum over the batch)",
-            "the loss is a mean over the batch, so every row of dlogits carries a factor 1/B: "
-            "(softmax(ℓ) − q) / B", _ce_bwd_variant(divide=False)),
-    Mistake("one-hot instead of the smoothed target",
-            SMOOTHING_HINT + "; the gradient is softmax(ℓ) − q with that same q",
-            _ce_bwd_variant(targets="no_smoothing")),
-    Mistake("sign", "d(loss)/d(logits) = (softmax(ℓ) − q)/B, probabilities minus targets",
-            _ce_bwd_variant(sign=-1.0)),
-    Mistake("upstream gradient ignored",
-            "multiply by the upstream gradient dloss (chain rule), even though it is often 1",
-            _ce_bwd_variant(use_dloss=False)),
+    Mistake(
+        "not divided by the batch size (mean vs sum over the batch)",
+        "the loss is a mean over the batch, so every row of dlogits carries a factor 1/B: "
+        "(softmax(ℓ) − q) / B",
+        _ce_bwd_variant(divide=False),
+    ),
+    Mistake(
+        "one-hot instead of the smoothed target",
+        SMOOTHING_HINT + "; the gradient is softmax(ℓ) − q with that same q",
+        _ce_bwd_variant(targets="no_smoothing"),
+    ),
+    Mistake(
+        "sign",
+        "d(loss)/d(logits) = (softmax(ℓ) − q)/B, probabilities minus targets",
+        _ce_bwd_variant(sign=-1.0),
+    ),
+    Mistake(
+        "upstream gradient ignored",
+        "multiply by the upstream gradient dloss (chain rule), even though it is often 1",
+        _ce_bwd_variant(use_dloss=False),
+    ),
 )
 
 
@@ -186,14 +226,27 @@ def _ce_fd_forward(logits, labels, smoothing):
 
 @st.composite
 def _adamw_spec(draw):
-    return {"shape": draw(st.sampled_from([(3,), (2, 3), (4,)])), "t": draw(st.sampled_from([1, 3, 10])),
-            "lr": draw(st.sampled_from([1e-3, 0.05])), "wd": draw(st.sampled_from([0.01, 0.1])),
-            "betas": draw(st.sampled_from([(0.9, 0.999), (0.8, 0.99)])),
-            "eps": draw(st.sampled_from([1e-8, 1e-3])), "seed": draw(seeds)}
+    return {
+        "shape": draw(st.sampled_from([(3,), (2, 3), (4,)])),
+        "t": draw(st.sampled_from([1, 3, 10])),
+        "lr": draw(st.sampled_from([1e-3, 0.05])),
+        "wd": draw(st.sampled_from([0.01, 0.1])),
+        "betas": draw(st.sampled_from([(0.9, 0.999), (0.8, 0.99)])),
+        "eps": draw(st.sampled_from([1e-8, 1e-3])),
+        "seed": draw(seeds),
+    }
 
 
 _ADAMW_EXPLICIT = (
-    {"shape": (2, 3), "t": 1, "lr": 0.05, "wd": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "seed": 81},
+    {
+        "shape": (2, 3),
+        "t": 1,
+        "lr": 0.05,
+        "wd": 0.1,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "seed": 81,
+    },
     {"shape": (4,), "t": 3, "lr": 0.05, "wd": 0.1, "betas": (0.8, 0.99), "eps": 1e-3, "seed": 82},
 )
 
@@ -209,9 +262,18 @@ def _build_adamw(spec, xp):
     else:
         m, v = 0.3 * rng.standard_normal(shape), 0.1 * rng.standard_normal(shape) ** 2
     args = tuple(host_to(xp, a) for a in (theta, g, m, v)) + (t,)
-    kwargs = {"lr": spec["lr"], "betas": spec["betas"], "eps": spec["eps"], "weight_decay": spec["wd"]}
-    return Case(args, kwargs, f"theta {shape}, t={t}, " + ", ".join(f"{k}={v}" for k, v in kwargs.items()),
-                spec=spec)
+    kwargs = {
+        "lr": spec["lr"],
+        "betas": spec["betas"],
+        "eps": spec["eps"],
+        "weight_decay": spec["wd"],
+    }
+    return Case(
+        args,
+        kwargs,
+        f"theta {shape}, t={t}, " + ", ".join(f"{k}={v}" for k, v in kwargs.items()),
+        spec=spec,
+    )
 
 
 def _ref_adamw(case):
@@ -226,8 +288,9 @@ def _ref_adamw(case):
     return {"theta": params["w"], "m": opt.state["m"]["w"], "v": opt.state["v"]["w"]}
 
 
-def _adamw_np(case, *, bias_correction=True, decoupled=True, wd_times_lr=True, t_shift=0,
-              eps_inside=False):
+def _adamw_np(
+    case, *, bias_correction=True, decoupled=True, wd_times_lr=True, t_shift=0, eps_inside=False
+):
     theta, g, m, v = (_h(a) for a in case.args[:4])
     t = case.args[4] + t_shift
     kw = case.kwargs
@@ -252,32 +315,51 @@ def _adamw_variant(keys=("theta",), **kw):
 
 
 _ADAMW_MISTAKES = (
-    Mistake("no bias correction",
-            "divide the moments by (1 − β₁ᵗ) and (1 − β₂ᵗ) before the step (bias correction; "
-            "t counts from 1)", _adamw_variant(bias_correction=False)),
-    Mistake("L2 penalty instead of decoupled weight decay",
-            "AdamW decouples the weight decay: θ ← θ − lr·(m̂/(√v̂ + ε) + wd·θ); adding wd·θ to the "
-            "gradient (Adam + L2) lets the second moments rescale it",
-            _adamw_variant(("theta", "m", "v"), decoupled=False)),
-    Mistake("weight decay not scaled by lr",
-            "the decoupled decay is scaled by the learning rate too: θ ← θ − lr·wd·θ − lr·m̂/(√v̂ + ε)",
-            _adamw_variant(wd_times_lr=False)),
-    Mistake("step counted from 0", "bias correction uses the step number t of *this* update "
-            "(1 for the first update); you used t + 1", _adamw_variant(t_shift=1)),
-    Mistake("ε inside the square root", "the denominator is √v̂ + ε, not √(v̂ + ε)",
-            _adamw_variant(eps_inside=True)),
+    Mistake(
+        "no bias correction",
+        "divide the moments by (1 − β₁ᵗ) and (1 − β₂ᵗ) before the step (bias correction; "
+        "t counts from 1)",
+        _adamw_variant(bias_correction=False),
+    ),
+    Mistake(
+        "L2 penalty instead of decoupled weight decay",
+        "AdamW decouples the weight decay: θ ← θ − lr·(m̂/(√v̂ + ε) + wd·θ); adding wd·θ to the "
+        "gradient (Adam + L2) lets the second moments rescale it",
+        _adamw_variant(("theta", "m", "v"), decoupled=False),
+    ),
+    Mistake(
+        "weight decay not scaled by lr",
+        "the decoupled decay is scaled by the learning rate too: θ ← θ − lr·wd·θ − lr·m̂/(√v̂ + ε)",
+        _adamw_variant(wd_times_lr=False),
+    ),
+    Mistake(
+        "step counted from 0",
+        "bias correction uses the step number t of *this* update "
+        "(1 for the first update); you used t + 1",
+        _adamw_variant(t_shift=1),
+    ),
+    Mistake(
+        "ε inside the square root",
+        "the denominator is √v̂ + ε, not √(v̂ + ε)",
+        _adamw_variant(eps_inside=True),
+    ),
 )
 
 
 def _adamw_outputs(returned):
     if not (isinstance(returned, (tuple, list)) and len(returned) == 3):
         raise TypeError(f"should return a tuple (theta, m, v), got {type(returned).__name__}")
-    return dict(zip(("theta", "m", "v"), returned))
+    return dict(zip(("theta", "m", "v"), returned, strict=True))
 
 
 def _sol_adamw(theta, g, m, v, t, *, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-    out = _ref_adamw(Case((theta, g, m, v, t), {"lr": lr, "betas": betas, "eps": eps,
-                                                "weight_decay": weight_decay}, ""))
+    out = _ref_adamw(
+        Case(
+            (theta, g, m, v, t),
+            {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay},
+            "",
+        )
+    )
     return out["theta"], out["m"], out["v"]
 
 
@@ -292,8 +374,11 @@ _sol_adamw.__name__ = "adamw_update"
 @st.composite
 def _clip_spec(draw):
     n = draw(st.integers(1, 3))
-    return {"shapes": tuple(draw(st.sampled_from([(3,), (2, 2), (4, 1)])) for _ in range(n)),
-            "factor": draw(st.sampled_from([0.5, 0.1, 2.0])), "seed": draw(seeds)}
+    return {
+        "shapes": tuple(draw(st.sampled_from([(3,), (2, 2), (4, 1)])) for _ in range(n)),
+        "factor": draw(st.sampled_from([0.5, 0.1, 2.0])),
+        "seed": draw(seeds),
+    }
 
 
 _CLIP_EXPLICIT = (
@@ -309,12 +394,18 @@ def _build_clip(spec, xp):
     max_norm = spec["factor"] * norm
     from .backend import host_to
 
-    return Case(({k: host_to(xp, v) for k, v in grads.items()}, max_norm), {},
-                f"{len(grads)} arrays of norm {norm:.3g}, max_norm={max_norm:.3g}", spec=spec)
+    return Case(
+        ({k: host_to(xp, v) for k, v in grads.items()}, max_norm),
+        {},
+        f"{len(grads)} arrays of norm {norm:.3g}, max_norm={max_norm:.3g}",
+        spec=spec,
+    )
 
 
 def _clip_outputs(returned):
-    if not (isinstance(returned, (tuple, list)) and len(returned) == 2 and isinstance(returned[0], dict)):
+    if not (
+        isinstance(returned, (tuple, list)) and len(returned) == 2 and isinstance(returned[0], dict)
+    ):
         raise TypeError("should return a tuple (clipped_grads_dict, norm)")
     out = {f"clipped[{k!r}]": v for k, v in returned[0].items()}
     out["norm"] = returned[1]
@@ -363,18 +454,29 @@ def _clip_variant(kind, keys=None):
 
 
 _CLIP_MISTAKES = (
-    Mistake("per-tensor clipping",
-            "clip by the *global* norm √(Σ_k ‖g_k‖²) over all arrays together, then scale every "
-            "array by the same factor; you clipped each array on its own",
-            _clip_variant("per_tensor")),
-    Mistake("always rescaled",
-            "clip only when the norm exceeds max_norm: scale = min(1, max_norm/‖g‖)",
-            _clip_variant("always")),
+    Mistake(
+        "per-tensor clipping",
+        "clip by the *global* norm √(Σ_k ‖g_k‖²) over all arrays together, then scale every "
+        "array by the same factor; you clipped each array on its own",
+        _clip_variant("per_tensor"),
+    ),
+    Mistake(
+        "always rescaled",
+        "clip only when the norm exceeds max_norm: scale = min(1, max_norm/‖g‖)",
+        _clip_variant("always"),
+    ),
     Mistake("squared norm", "the norm is √(Σ g²), not Σ g²", _clip_variant("squared")),
-    Mistake("inverted factor", "scale = min(1, max_norm/‖g‖); you have ‖g‖/max_norm",
-            _clip_variant("inverted")),
-    Mistake("norm after clipping", "return the norm measured *before* clipping (it is what "
-            "training logs to spot exploding gradients)", _clip_variant("norm_after", ("norm",))),
+    Mistake(
+        "inverted factor",
+        "scale = min(1, max_norm/‖g‖); you have ‖g‖/max_norm",
+        _clip_variant("inverted"),
+    ),
+    Mistake(
+        "norm after clipping",
+        "return the norm measured *before* clipping (it is what "
+        "training logs to spot exploding gradients)",
+        _clip_variant("norm_after", ("norm",)),
+    ),
 )
 
 
@@ -385,9 +487,14 @@ _CLIP_MISTAKES = (
 
 @st.composite
 def _measure_spec(draw):
-    return {"B": draw(st.integers(1, 3)), "N": draw(st.integers(2, 6)), "K": draw(st.integers(1, 3)),
-            "p": draw(st.integers(1, 3)), "eps_sq": draw(st.sampled_from([0.01, 0.1])),
-            "seed": draw(seeds)}
+    return {
+        "B": draw(st.integers(1, 3)),
+        "N": draw(st.integers(2, 6)),
+        "K": draw(st.integers(1, 3)),
+        "p": draw(st.integers(1, 3)),
+        "eps_sq": draw(st.sampled_from([0.01, 0.1])),
+        "seed": draw(seeds),
+    }
 
 
 _MEASURE_EXPLICIT = (
@@ -401,18 +508,31 @@ def _build_measure(spec, xp):
     d = K * p
     X = normal(xp, (spec["B"], spec["N"], d), spec["seed"])
     U = normal(xp, (K, d, p), spec["seed"] + 1, scale=1.0 / math.sqrt(d))
-    return Case((X, U), {"eps_sq": spec["eps_sq"]},
-                f"X {(spec['B'], spec['N'], d)}, U {(K, d, p)}, eps_sq={spec['eps_sq']}", spec=spec)
+    return Case(
+        (X, U),
+        {"eps_sq": spec["eps_sq"]},
+        f"X {(spec['B'], spec['N'], d)}, U {(K, d, p)}, eps_sq={spec['eps_sq']}",
+        spec=spec,
+    )
 
 
 def _ref_measured(case):
     from .rates import measured_compression_rate
 
-    return {"R^c": measured_compression_rate(*case.args, eps_sq=case.kwargs["eps_sq"], reduction="none")}
+    return {
+        "R^c": measured_compression_rate(*case.args, eps_sq=case.kwargs["eps_sq"], reduction="none")
+    }
 
 
-def _measured_np(case, *, normalise="projection", constant="p", eps_power=1, reduce_heads="sum",
-                 reduce_images=None):
+def _measured_np(
+    case,
+    *,
+    normalise="projection",
+    constant="p",
+    eps_power=1,
+    reduce_heads="sum",
+    reduce_images=None,
+):
     X, U = _h(case.args[0]), _h(case.args[1])
     eps_sq = case.kwargs["eps_sq"] ** eps_power
     if normalise == "token":
@@ -437,31 +557,55 @@ def _measured_variant(**kw):
 
 
 _MEASURED_MISTAKES = (
-    Mistake("no normalisation",
-            "the paper's measurement scales each token's head projection XU_k to unit length "
-            "first, so R^c does not depend on token size", _measured_variant(normalise=None)),
-    Mistake("tokens normalised instead of projections",
-            "normalise each token's *projection* on the head (a length-p row of XU_k), not the "
-            "token itself", _measured_variant(normalise="token")),
-    Mistake("normalised over the tokens",
-            "normalise each token's projection over its p coordinates (last axis), not each "
-            "coordinate over the tokens", _measured_variant(normalise="over_tokens")),
-    Mistake("d instead of p", "wrong p: the constant is p/(N·eps_sq) with the head width "
-            "p = U.shape[-1]", _measured_variant(constant="d")),
-    Mistake("eps_sq squared", "eps_sq already is ε² (0.01 means ε = 0.1): the constant is "
-            "p/(N·eps_sq)", _measured_variant(eps_power=2)),
-    Mistake("mean over heads", "sum the heads' rates; you averaged them",
-            _measured_variant(reduce_heads="mean")),
-    Mistake("averaged over the images (mean vs sum over the batch)",
-            "return one value per image, shape (B,); the figure averages them later",
-            _measured_variant(reduce_images="mean")),
+    Mistake(
+        "no normalisation",
+        "the paper's measurement scales each token's head projection XU_k to unit length "
+        "first, so R^c does not depend on token size",
+        _measured_variant(normalise=None),
+    ),
+    Mistake(
+        "tokens normalised instead of projections",
+        "normalise each token's *projection* on the head (a length-p row of XU_k), not the "
+        "token itself",
+        _measured_variant(normalise="token"),
+    ),
+    Mistake(
+        "normalised over the tokens",
+        "normalise each token's projection over its p coordinates (last axis), not each "
+        "coordinate over the tokens",
+        _measured_variant(normalise="over_tokens"),
+    ),
+    Mistake(
+        "d instead of p",
+        "wrong p: the constant is p/(N·eps_sq) with the head width p = U.shape[-1]",
+        _measured_variant(constant="d"),
+    ),
+    Mistake(
+        "eps_sq squared",
+        "eps_sq already is ε² (0.01 means ε = 0.1): the constant is p/(N·eps_sq)",
+        _measured_variant(eps_power=2),
+    ),
+    Mistake(
+        "mean over heads",
+        "sum the heads' rates; you averaged them",
+        _measured_variant(reduce_heads="mean"),
+    ),
+    Mistake(
+        "averaged over the images (mean vs sum over the batch)",
+        "return one value per image, shape (B,); the figure averages them later",
+        _measured_variant(reduce_images="mean"),
+    ),
 )
 
 
 @st.composite
 def _nonzero_spec(draw):
-    return {"lead": draw(st.sampled_from([(1,), (3,), (2, 2)])), "N": draw(st.integers(1, 5)),
-            "d": draw(st.integers(1, 6)), "seed": draw(seeds)}
+    return {
+        "lead": draw(st.sampled_from([(1,), (3,), (2, 2)])),
+        "N": draw(st.integers(1, 5)),
+        "d": draw(st.integers(1, 6)),
+        "seed": draw(seeds),
+    }
 
 
 def _build_nonzero(spec, xp):
@@ -494,23 +638,40 @@ def _nz_np(case, kind="right"):
 
 
 _NONZERO_MISTAKES = (
-    Mistake("fraction of zeros", "count the *non-zero* entries (‖Z‖₀), not the zeros",
-            lambda case: _nz_np(case, "zeros")),
-    Mistake("one number for the whole batch (mean vs sum over the batch)",
-            "return one fraction per sample, shape Z.shape[:-2]; you averaged over the batch",
-            lambda case: _nz_np(case, "whole_batch")),
-    Mistake("per token", "divide the sample's non-zero count by N·d (all its tokens and "
-            "features), one number per sample", lambda case: _nz_np(case, "per_token")),
-    Mistake("a count, not a fraction", "divide the number of non-zeros by N·d",
-            lambda case: _nz_np(case, "count")),
+    Mistake(
+        "fraction of zeros",
+        "count the *non-zero* entries (‖Z‖₀), not the zeros",
+        lambda case: _nz_np(case, "zeros"),
+    ),
+    Mistake(
+        "one number for the whole batch (mean vs sum over the batch)",
+        "return one fraction per sample, shape Z.shape[:-2]; you averaged over the batch",
+        lambda case: _nz_np(case, "whole_batch"),
+    ),
+    Mistake(
+        "per token",
+        "divide the sample's non-zero count by N·d (all its tokens and "
+        "features), one number per sample",
+        lambda case: _nz_np(case, "per_token"),
+    ),
+    Mistake(
+        "a count, not a fraction",
+        "divide the number of non-zeros by N·d",
+        lambda case: _nz_np(case, "count"),
+    ),
 )
 
 
 @st.composite
 def _layerwise_spec(draw):
-    return {"depth": draw(st.integers(1, 3)), "heads": draw(st.integers(1, 2)),
-            "p": draw(st.integers(2, 3)), "pool": draw(st.sampled_from(["cls", "mean"])),
-            "B": draw(st.integers(1, 3)), "seed": draw(st.integers(0, 1000))}
+    return {
+        "depth": draw(st.integers(1, 3)),
+        "heads": draw(st.integers(1, 2)),
+        "p": draw(st.integers(2, 3)),
+        "pool": draw(st.sampled_from(["cls", "mean"])),
+        "B": draw(st.integers(1, 3)),
+        "seed": draw(st.integers(0, 1000)),
+    }
 
 
 _LAYERWISE_EXPLICIT = ({"depth": 2, "heads": 2, "p": 2, "pool": "cls", "B": 3, "seed": 5},)
@@ -519,21 +680,36 @@ _LAYERWISE_EXPLICIT = ({"depth": 2, "heads": 2, "p": 2, "pool": "cls", "B": 3, "
 def _build_layerwise(spec, xp):
     from .model import CRATEConfig, init_params
 
-    config = CRATEConfig(image_size=4, patch_size=2, channels=1, dim=spec["heads"] * spec["p"],
-                         depth=spec["depth"], heads=spec["heads"], num_classes=3, pool=spec["pool"],
-                         dtype="float64")
+    config = CRATEConfig(
+        image_size=4,
+        patch_size=2,
+        channels=1,
+        dim=spec["heads"] * spec["p"],
+        depth=spec["depth"],
+        heads=spec["heads"],
+        num_classes=3,
+        pool=spec["pool"],
+        dtype="float64",
+    )
     params = init_params(config, seed=spec["seed"], backend=xp)
     images = np.random.default_rng(spec["seed"] + 1).standard_normal((spec["B"], 1, 4, 4))
-    return Case((params, config, images), {},
-                f"depth {config.depth}, d={config.dim}, {config.heads} heads, {spec['B']} images",
-                spec=spec)
+    return Case(
+        (params, config, images),
+        {},
+        f"depth {config.depth}, d={config.dim}, {config.heads} heads, {spec['B']} images",
+        spec=spec,
+    )
 
 
 def _layerwise_outputs(returned):
     if not isinstance(returned, dict) or "rc" not in returned or "nonzero" not in returned:
-        raise TypeError('should return a dict with the lists "rc" and "nonzero" (one value per layer)')
-    return {"rc": np.asarray(returned["rc"], dtype=np.float64),
-            "nonzero": np.asarray(returned["nonzero"], dtype=np.float64)}
+        raise TypeError(
+            'should return a dict with the lists "rc" and "nonzero" (one value per layer)'
+        )
+    return {
+        "rc": np.asarray(returned["rc"], dtype=np.float64),
+        "nonzero": np.asarray(returned["nonzero"], dtype=np.float64),
+    }
 
 
 def _ref_layerwise(case):
@@ -542,8 +718,9 @@ def _ref_layerwise(case):
     return _layerwise_outputs(layerwise(*case.args))
 
 
-def _layerwise_np(case, *, rc_on="mssa_inputs", nz_on="ista_outputs", rc_kind="measured",
-                  reduce="mean"):
+def _layerwise_np(
+    case, *, rc_on="mssa_inputs", nz_on="ista_outputs", rc_kind="measured", reduce="mean"
+):
     from .model import forward, intermediates
     from .rates import compression_rate, measured_compression_rate, nonzero_fraction
 
@@ -569,20 +746,29 @@ def _layerwise_variant(keys, **kw):
 
 
 _LAYERWISE_MISTAKES = (
-    Mistake("R^c on the layer output",
-            "measure R^c where the paper's hook does: on the MSSA input LN₁(Z^ℓ) "
-            "(intermediates(cache)['mssa_inputs']), not on the ISTA output",
-            _layerwise_variant(("rc",), rc_on="ista_outputs")),
-    Mistake("sparsity of the MSSA input",
-            "the sparsity is the non-zero fraction of the ISTA output Z^{ℓ+1} "
-            "(intermediates(cache)['ista_outputs']); the LayerNorm output is never sparse",
-            _layerwise_variant(("nonzero",), nz_on="mssa_inputs")),
-    Mistake("unnormalised R^c",
-            "use the paper's measurement (unit-normalised projections, eps_sq = 0.01: "
-            "measured_compression_rate), not the plain R^c", _layerwise_variant(("rc",), rc_kind="plain")),
-    Mistake("summed over images (mean vs sum over the batch)",
-            "each layer's value is the *mean* over images of the per-image measurements",
-            _layerwise_variant(("rc", "nonzero"), reduce="sum")),
+    Mistake(
+        "R^c on the layer output",
+        "measure R^c where the paper's hook does: on the MSSA input LN₁(Z^ℓ) "
+        "(intermediates(cache)['mssa_inputs']), not on the ISTA output",
+        _layerwise_variant(("rc",), rc_on="ista_outputs"),
+    ),
+    Mistake(
+        "sparsity of the MSSA input",
+        "the sparsity is the non-zero fraction of the ISTA output Z^{ℓ+1} "
+        "(intermediates(cache)['ista_outputs']); the LayerNorm output is never sparse",
+        _layerwise_variant(("nonzero",), nz_on="mssa_inputs"),
+    ),
+    Mistake(
+        "unnormalised R^c",
+        "use the paper's measurement (unit-normalised projections, eps_sq = 0.01: "
+        "measured_compression_rate), not the plain R^c",
+        _layerwise_variant(("rc",), rc_kind="plain"),
+    ),
+    Mistake(
+        "summed over images (mean vs sum over the batch)",
+        "each layer's value is the *mean* over images of the per-image measurements",
+        _layerwise_variant(("rc", "nonzero"), reduce="sum"),
+    ),
 )
 
 
@@ -624,72 +810,141 @@ _sol_clip.__name__ = "clip_by_global_norm"
 
 TRAINING_TASKS = [
     Task(
-        id="9.1", function="cross_entropy_forward", notebook="ch09_training_step.md",
+        id="9.1",
+        function="cross_entropy_forward",
+        notebook="ch09_training_step.md",
         book="Chapter 9, training CRATE on real digits",
-        title="mean over the batch of −⟨q, log softmax(ℓ)⟩, q = (1 − ε)·onehot + ε/C; returns (loss, cache)",
-        kind="function", strategy=_ce_spec(), build=_build_ce, reference=_ref_ce_forward,
-        outputs=_forward_output_named("loss"), argnames=("logits", "labels"), explicit=_CE_EXPLICIT,
-        examples=6, checks=("loss equals minicrate.cross_entropy_forward (also for logits of size 1000)",),
-        mistakes=_CE_FORWARD_MISTAKES, solution=_ref_ce_fwd_fn,
+        title="mean over the batch of −⟨q, log softmax(ℓ)⟩, q = (1 − ε)·onehot + ε/C; "
+        "returns (loss, cache)",
+        kind="function",
+        strategy=_ce_spec(),
+        build=_build_ce,
+        reference=_ref_ce_forward,
+        outputs=_forward_output_named("loss"),
+        argnames=("logits", "labels"),
+        explicit=_CE_EXPLICIT,
+        examples=6,
+        checks=("loss equals minicrate.cross_entropy_forward (also for logits of size 1000)",),
+        mistakes=_CE_FORWARD_MISTAKES,
+        solution=_ref_ce_fwd_fn,
     ),
     Task(
-        id="9.2", function="cross_entropy_backward", notebook="ch09_training_step.md",
+        id="9.2",
+        function="cross_entropy_backward",
+        notebook="ch09_training_step.md",
         book="Chapter 9, training CRATE on real digits",
         title="dlogits = dloss·(softmax(ℓ) − q)/B",
-        kind="backward", strategy=_ce_spec(), build=_build_ce, reference=_ref_ce_backward,
-        outputs=lambda r: {"dlogits": r}, argnames=("logits", "labels"), explicit=_CE_EXPLICIT,
-        examples=6, forward_name="cross_entropy_forward", reference_forward=_ref_ce_fwd_fn,
-        checks=("dlogits equals minicrate.cross_entropy_backward",
-                "dlogits agrees with finite differences of minicrate.cross_entropy_forward"),
-        mistakes=_CE_BACKWARD_MISTAKES, solution=_sol("loss", "cross_entropy_backward"),
+        kind="backward",
+        strategy=_ce_spec(),
+        build=_build_ce,
+        reference=_ref_ce_backward,
+        outputs=lambda r: {"dlogits": r},
+        argnames=("logits", "labels"),
+        explicit=_CE_EXPLICIT,
+        examples=6,
+        forward_name="cross_entropy_forward",
+        reference_forward=_ref_ce_fwd_fn,
+        checks=(
+            "dlogits equals minicrate.cross_entropy_backward",
+            "dlogits agrees with finite differences of minicrate.cross_entropy_forward",
+        ),
+        mistakes=_CE_BACKWARD_MISTAKES,
+        solution=_sol("loss", "cross_entropy_backward"),
         fd=FiniteDifferences(forward=_ce_fd_forward, wrt={"dlogits": "logits"}),
     ),
     Task(
-        id="9.3", function="adamw_update", notebook="ch09_training_step.md",
+        id="9.3",
+        function="adamw_update",
+        notebook="ch09_training_step.md",
         book="Chapter 9, training CRATE on real digits",
         title="one AdamW step for one parameter: returns (theta, m, v)",
-        kind="function", strategy=_adamw_spec(), build=_build_adamw, reference=_ref_adamw,
-        outputs=_adamw_outputs, argnames=("theta", "g", "m", "v", "t"), explicit=_ADAMW_EXPLICIT,
-        examples=6, checks=("theta, m, v equal one step of minicrate.optim.AdamW",),
-        mistakes=_ADAMW_MISTAKES, solution=_sol_adamw,
+        kind="function",
+        strategy=_adamw_spec(),
+        build=_build_adamw,
+        reference=_ref_adamw,
+        outputs=_adamw_outputs,
+        argnames=("theta", "g", "m", "v", "t"),
+        explicit=_ADAMW_EXPLICIT,
+        examples=6,
+        checks=("theta, m, v equal one step of minicrate.optim.AdamW",),
+        mistakes=_ADAMW_MISTAKES,
+        solution=_sol_adamw,
     ),
     Task(
-        id="9.4", function="clip_by_global_norm", notebook="ch09_training_step.md",
+        id="9.4",
+        function="clip_by_global_norm",
+        notebook="ch09_training_step.md",
         book="Chapter 9, training CRATE on real digits",
-        title="scale every gradient by min(1, max_norm/‖g‖) with the global norm; returns (clipped, norm)",
-        kind="function", strategy=_clip_spec(), build=_build_clip, reference=_ref_clip,
-        outputs=_clip_outputs, argnames=("grads", "max_norm"), explicit=_CLIP_EXPLICIT, examples=6,
+        title="scale every gradient by min(1, max_norm/‖g‖), ‖g‖ the global norm; "
+        "returns (clipped, norm)",
+        kind="function",
+        strategy=_clip_spec(),
+        build=_build_clip,
+        reference=_ref_clip,
+        outputs=_clip_outputs,
+        argnames=("grads", "max_norm"),
+        explicit=_CLIP_EXPLICIT,
+        examples=6,
         checks=("the clipped arrays and the norm equal minicrate.optim.clip_by_global_norm",),
-        mistakes=_CLIP_MISTAKES, solution=_sol_clip,
+        mistakes=_CLIP_MISTAKES,
+        solution=_sol_clip,
     ),
     Task(
-        id="10.1", function="measured_compression_rate", notebook="ch10_layerwise_measurement.md",
+        id="10.1",
+        function="measured_compression_rate",
+        notebook="ch10_layerwise_measurement.md",
         book="Chapter 10, opening the white box",
         title="the paper's R^c: unit-normalised head projections, ½ log det(I + p/(N·eps_sq) ŴᵀŴ) "
-              "summed over heads, one value per image",
-        kind="function", strategy=_measure_spec(), build=_build_measure, reference=_ref_measured,
-        outputs=lambda r: {"R^c": r}, argnames=("X", "U"), explicit=_MEASURE_EXPLICIT, examples=6,
-        checks=("per-image values equal minicrate.measured_compression_rate(..., reduction='none')",),
-        mistakes=_MEASURED_MISTAKES, solution=_sol_measured,
+        "summed over heads, one value per image",
+        kind="function",
+        strategy=_measure_spec(),
+        build=_build_measure,
+        reference=_ref_measured,
+        outputs=lambda r: {"R^c": r},
+        argnames=("X", "U"),
+        explicit=_MEASURE_EXPLICIT,
+        examples=6,
+        checks=(
+            "per-image values equal minicrate.measured_compression_rate(..., reduction='none')",
+        ),
+        mistakes=_MEASURED_MISTAKES,
+        solution=_sol_measured,
     ),
     Task(
-        id="10.2", function="nonzero_fraction", notebook="ch10_layerwise_measurement.md",
+        id="10.2",
+        function="nonzero_fraction",
+        notebook="ch10_layerwise_measurement.md",
         book="Chapter 10, opening the white box",
-        title="‖Z‖₀/(N·d) per sample", kind="function", strategy=_nonzero_spec(),
-        build=_build_nonzero, reference=_ref_nonzero, outputs=lambda r: {"fraction": r},
-        argnames=("Z",), explicit=({"lead": (3,), "N": 4, "d": 5, "seed": 111},), examples=5,
+        title="‖Z‖₀/(N·d) per sample",
+        kind="function",
+        strategy=_nonzero_spec(),
+        build=_build_nonzero,
+        reference=_ref_nonzero,
+        outputs=lambda r: {"fraction": r},
+        argnames=("Z",),
+        explicit=({"lead": (3,), "N": 4, "d": 5, "seed": 111},),
+        examples=5,
         checks=("per-sample fractions equal minicrate.nonzero_fraction(..., reduction='none')",),
-        mistakes=_NONZERO_MISTAKES, solution=_sol_nonzero,
+        mistakes=_NONZERO_MISTAKES,
+        solution=_sol_nonzero,
     ),
     Task(
-        id="10.3", function="layerwise", notebook="ch10_layerwise_measurement.md",
+        id="10.3",
+        function="layerwise",
+        notebook="ch10_layerwise_measurement.md",
         book="Chapter 10, opening the white box",
         title="per layer: mean over images of R^c of the MSSA input and of the ISTA output's "
-              "non-zero fraction",
-        kind="function", strategy=_layerwise_spec(), build=_build_layerwise, reference=_ref_layerwise,
-        outputs=_layerwise_outputs, argnames=("params", "config", "images"),
-        explicit=_LAYERWISE_EXPLICIT, examples=3,
+        "non-zero fraction",
+        kind="function",
+        strategy=_layerwise_spec(),
+        build=_build_layerwise,
+        reference=_ref_layerwise,
+        outputs=_layerwise_outputs,
+        argnames=("params", "config", "images"),
+        explicit=_LAYERWISE_EXPLICIT,
+        examples=3,
         checks=("rc and nonzero equal minicrate.measure.layerwise on tiny random CRATE models",),
-        mistakes=_LAYERWISE_MISTAKES, solution=_sol_layerwise,
+        mistakes=_LAYERWISE_MISTAKES,
+        solution=_sol_layerwise,
     ),
 ]

@@ -31,10 +31,13 @@ def student_module():
     return grading.load_student_module(STUDENT)
 
 
-@pytest.mark.parametrize("task_id", [
-    pytest.param(t.id, marks=getattr(pytest.mark, t.marker), id=f"task{t.id}")
-    for t in grading.TASKS.values()
-])
+@pytest.mark.parametrize(
+    "task_id",
+    [
+        pytest.param(t.id, marks=getattr(pytest.mark, t.marker), id=f"task{t.id}")
+        for t in grading.TASKS.values()
+    ],
+)
 def test_task(task_id, student_module):
     task = grading.TASKS[task_id]
     fn = getattr(student_module, task.function, None)
@@ -42,6 +45,5 @@ def test_task(task_id, student_module):
         pytest.skip(f"{STUDENT} defines no {task.function}")
     forward = getattr(student_module, task.forward_name, None) if task.forward_name else None
     examples = os.environ.get("MINICRATE_GRADING_EXAMPLES")
-    result = grading.check(task, fn, forward=forward,
-                           examples=int(examples) if examples else None)
+    result = grading.check(task, fn, forward=forward, examples=int(examples) if examples else None)
     assert result.passed, "\n" + str(result)

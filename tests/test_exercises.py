@@ -21,6 +21,9 @@ from minicrate.commands import make_student as ms
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 EXERCISES = os.path.abspath(os.path.join(ROOT, "exercises"))
 NOTEBOOKS = sorted(f for f in os.listdir(EXERCISES) if ms.is_exercise(os.path.join(EXERCISES, f)))
+# Notebooks that load real data and train or measure a model take ~10 s each on 2 busy cores.
+SLOW = {"ch09_training_step.md", "ch10_layerwise_measurement.md"}
+NOTEBOOK_PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in NOTEBOOKS]
 TASK_LINE = re.compile(r"^Task (\d+\.\d+) (\w+): (passed|failed|not implemented|error)", re.M)
 
 
@@ -37,10 +40,15 @@ def _execute_both(solution, student, cwd):
     reset = nbformat.v4.new_code_cell("%reset -f")
     cells = list(solution.cells) + [reset] + list(student.cells)
     nb = nbformat.v4.new_notebook(cells=cells, metadata=solution.metadata)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": cwd}}).execute()
+    nbclient.NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name="python3",
+        allow_errors=True,
+        resources={"metadata": {"path": cwd}},
+    ).execute()
     n = len(solution.cells)
-    return nb.cells[:n], nb.cells[n + 1:]
+    return nb.cells[:n], nb.cells[n + 1 :]
 
 
 def _check_reports(cells):
@@ -82,9 +90,14 @@ def test_every_task_has_a_notebook_and_every_notebook_has_tasks():
             assert f"Task {t}" in text
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_solution_passes_every_check_and_student_version_reports_not_implemented(name, student_dir):
+@pytest.mark.parametrize("name", NOTEBOOK_PARAMS)
+def test_solution_passes_every_check_and_student_version_reports_not_implemented(
+    name, student_dir, monkeypatch
+):
     import nbformat
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")  # the kernel inherits it: tiny matrices, shared cores
 
     solution = jupytext.read(os.path.join(EXERCISES, name))
     student = nbformat.read(os.path.join(student_dir, name[:-3] + ".ipynb"), as_version=4)
@@ -93,7 +106,7 @@ def test_solution_passes_every_check_and_student_version_reports_not_implemented
     reports, errors = _check_reports(solved)  # the solution notebook
     assert not errors, errors
     assert set(reports) == set(_tasks(name)), reports
-    for task, (status, text) in reports.items():
+    for status, text in reports.values():
         assert status == "passed", text
 
     reports, errors = _check_reports(stubbed)  # the student version, solutions stripped
@@ -118,7 +131,9 @@ def test_student_bundle_has_stubs_and_no_solutions(student_dir):
         src = open(os.path.join(EXERCISES, name), encoding="utf-8").read()
         out = open(os.path.join(student_dir, stem + ".md"), encoding="utf-8").read()
         assert "BEGIN SOLUTION" not in out and "END SOLUTION" not in out
-        assert _defs_and_docstrings(src) == _defs_and_docstrings(out)  # signatures and docstrings kept
+        assert _defs_and_docstrings(src) == _defs_and_docstrings(
+            out
+        )  # signatures and docstrings kept
         for t in _tasks(name):
             function = grading.TASKS[t].function
             assert f"raise NotImplementedError('Task {t}: {function}')" in out
@@ -142,27 +157,38 @@ def test_provided_lines_are_kept():
     ### END SOLUTION
 '''
     out = ms.strip_code(source)
-    assert out == '''def f(Z, eps):
+    assert (
+        out
+        == '''def f(Z, eps):
     """Task 9.9: something."""
     N, d = Z.shape[-2:]
     # TODO: Implement for Task 9.9.
     raise NotImplementedError('Task 9.9: f')
 '''
+    )
     ns = {}
     exec(out, ns)
     with pytest.raises(NotImplementedError, match="Task 9.9: f"):
         ns["f"](np.zeros((2, 3)), 1.0)
-    assert ms.strip_markdown("Q?\n### BEGIN SOLUTION\nA.\n### END SOLUTION") == \
-        f"Q?\n{ms.ANSWER_PLACEHOLDER}"
+    assert (
+        ms.strip_markdown("Q?\n### BEGIN SOLUTION\nA.\n### END SOLUTION")
+        == f"Q?\n{ms.ANSWER_PLACEHOLDER}"
+    )
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("def f():\n    '''Task 1.1'''\n    ### BEGIN SOLUTION\n    return 1\n", "never closed"),
-    ("def f():\n    return 1\n    ### END SOLUTION\n", "without a"),
-    ("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n", "no 'Task X.Y'"),
-    ("def f():\n    '''Task 1.1'''\n    ### BEGIN SOLUTION\n    ### BEGIN SOLUTION\n", "inside another"),
-    ("x = 1  ### BEGIN SOLUTION\n", "alone on its line"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("def f():\n    '''Task 1.1'''\n    ### BEGIN SOLUTION\n    return 1\n", "never closed"),
+        ("def f():\n    return 1\n    ### END SOLUTION\n", "without a"),
+        ("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n", "no 'Task X.Y'"),
+        (
+            "def f():\n    '''Task 1.1'''\n    ### BEGIN SOLUTION\n    ### BEGIN SOLUTION\n",
+            "inside another",
+        ),
+        ("x = 1  ### BEGIN SOLUTION\n", "alone on its line"),
+    ],
+)
 def test_malformed_solution_markers_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
         ms.strip_code(bad, "nb.md, cell 3")

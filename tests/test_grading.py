@@ -22,8 +22,10 @@ TASK_IDS = list(grading.TASKS)
 
 
 def _marked(ids):
-    return [pytest.param(t, marks=getattr(pytest.mark, grading.TASKS[t].marker), id=f"task{t}")
-            for t in ids]
+    return [
+        pytest.param(t, marks=getattr(pytest.mark, grading.TASKS[t].marker), id=f"task{t}")
+        for t in ids
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -36,8 +38,9 @@ def test_registry_is_explicit_and_complete():
     for tid, task in grading.TASKS.items():
         assert task.id == tid and task.marker == "task" + tid.replace(".", "_")
         assert task.checks and task.title and task.solution is not None
-        assert os.path.exists(os.path.join(os.path.dirname(__file__), "..", "exercises",
-                                           task.notebook)), task.notebook
+        assert os.path.exists(
+            os.path.join(os.path.dirname(__file__), "..", "exercises", task.notebook)
+        ), task.notebook
         assert len(task.mistakes) >= 2, f"task {tid} recognises too few mistakes"
     text = grading.describe()
     assert all(f"Task {t}" in text for t in TASK_IDS)
@@ -62,7 +65,7 @@ def test_cases_are_deterministic_and_seedable(monkeypatch):
     a = grading.make_cases(task)
     b = grading.make_cases(task)
     assert [c.label for c in a] == [c.label for c in b]
-    assert all(np.array_equal(x.args[0], y.args[0]) for x, y in zip(a, b))
+    assert all(np.array_equal(x.args[0], y.args[0]) for x, y in zip(a, b, strict=True))
     c = grading.make_cases(task, seed=12345)
     drawn = slice(len(task.explicit), None)
     assert [x.spec for x in a[drawn]] != [x.spec for x in c[drawn]]
@@ -72,16 +75,19 @@ def test_cases_are_deterministic_and_seedable(monkeypatch):
 
 
 def test_numpy_variants_equal_the_reference_with_default_switches():
-    """The NumPy blocks that the mistakes are built from are right when no mistake is switched on."""
+    """The NumPy blocks the mistakes are built from are right when no mistake is switched on."""
     from minicrate import grading_encoder as ge
 
-    for tid, fn in [("5.2", lambda c: ge.np_mssa_forward(*ge._mssa_np_args(c))[0]),
-                    ("6.1", lambda c: ge.np_ista_forward(*ge._ista_np(c))[0]),
-                    ("7.1", lambda c: ge.np_layernorm_forward(*ge._ln_np(c))[0]),
-                    ("7.3", lambda c: ge.np_encoder_forward(*ge._layer_np(c))[0])]:
+    for tid, fn in [
+        ("5.2", lambda c: ge.np_mssa_forward(*ge._mssa_np_args(c))[0]),
+        ("6.1", lambda c: ge.np_ista_forward(*ge._ista_np(c))[0]),
+        ("7.1", lambda c: ge.np_layernorm_forward(*ge._ln_np(c))[0]),
+        ("7.3", lambda c: ge.np_encoder_forward(*ge._layer_np(c))[0]),
+    ]:
         for case in grading.make_cases(grading.get_task(tid), examples=3):
-            np.testing.assert_allclose(fn(case), grading.TASKS[tid].reference(case)["Y"],
-                                       rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(
+                fn(case), grading.TASKS[tid].reference(case)["Y"], rtol=1e-10, atol=1e-12
+            )
     for case in grading.make_cases(grading.get_task("7.4"), examples=2):
         dZ, g = ge.np_encoder_backward(ge._h(case.dout), *ge._layer_np(case))
         ref = grading.TASKS["7.4"].reference(case)
@@ -100,16 +106,25 @@ def _pack(task, outputs):
     task's ``outputs`` normaliser accepts)."""
     names = list(outputs)
     values = list(outputs.values())
-    grads = {n[len("grads['"):-2]: v for n, v in outputs.items() if n.startswith("grads[")}
-    clipped = {n[len("clipped['"):-2]: v for n, v in outputs.items() if n.startswith("clipped[")}
-    candidates = [values[0], (values[0], None), tuple(values), (values[0], grads),
-                  (clipped, outputs.get("norm")), dict(outputs)]
+    grads = {n[len("grads['") : -2]: v for n, v in outputs.items() if n.startswith("grads[")}
+    clipped = {n[len("clipped['") : -2]: v for n, v in outputs.items() if n.startswith("clipped[")}
+    candidates = [
+        values[0],
+        (values[0], None),
+        tuple(values),
+        (values[0], grads),
+        (clipped, outputs.get("norm")),
+        dict(outputs),
+    ]
     for candidate in candidates:
         try:
             unpacked = task.outputs(candidate)
             if list(unpacked) == names and all(
-                    np.array_equal(grading.as_host(unpacked[n]), grading.as_host(outputs[n]),
-                                   equal_nan=True) for n in names):
+                np.array_equal(
+                    grading.as_host(unpacked[n]), grading.as_host(outputs[n]), equal_nan=True
+                )
+                for n in names
+            ):
                 return candidate
         except (TypeError, ValueError, IndexError, KeyError):
             pass
@@ -125,6 +140,7 @@ def _student_from_mistake(task, mistake):
         return _pack(task, out)
 
     if task.kind == "backward":
+
         def backward(dout, cache):
             args, kwargs = cache
             return outputs(Case(args, kwargs, "", dout=dout))
@@ -152,7 +168,9 @@ def test_every_registered_mistake_fails_with_its_hint(task_id):
                 wrong = mistake.wrong(case)
             except Exception:
                 continue
-            differs |= any(not grading.matches(grading.as_host(v), ref[k]) for k, v in wrong.items())
+            differs |= any(
+                not grading.matches(grading.as_host(v), ref[k]) for k, v in wrong.items()
+            )
         assert differs, f"{task_id}: mistake {mistake.name!r} equals the reference on every case"
         student, forward = _student_from_mistake(task, mistake)
         result = check(task, student, forward=forward, examples=3, fd=False)
@@ -196,7 +214,9 @@ def test_wrong_N_in_alpha_is_named():
     assert not result.passed
     assert "wrong N" in _hints(result) and "Z.shape[-2]" in _hints(result)
     bad = [p for p in result.properties if not p.passed][0]
-    assert "relative error" in bad.message and "at index" in bad.message and "expected" in bad.message
+    assert (
+        "relative error" in bad.message and "at index" in bad.message and "expected" in bad.message
+    )
 
 
 @pytest.mark.task3_3
@@ -256,8 +276,11 @@ def test_missing_transpose_term_in_shared_qk_attention_is_named():
         dW = np.swapaxes(A, -1, -2) @ dO + cache["scale"] * dS @ W  # forgot dSᵀ
         dZ = (dW @ np.swapaxes(U, -1, -2)).sum(-3)
         dU = (np.swapaxes(Z[..., None, :, :], -1, -2) @ dW).reshape(-1, K, d, p).sum(0)
-        return dZ, {"U": dU, "W_out": dY.reshape(-1, d).T @ H.reshape(-1, K * p),
-                    "b_out": dY.reshape(-1, d).sum(0)}
+        return dZ, {
+            "U": dU,
+            "W_out": dY.reshape(-1, d).T @ H.reshape(-1, K * p),
+            "b_out": dY.reshape(-1, d).sum(0),
+        }
 
     result = check("8.2", mssa_backward)  # the reference forward's cache
     by_name = {p.name.split()[0]: p for p in result.properties}
@@ -326,14 +349,17 @@ def test_backward_whose_forward_is_not_implemented():
     assert result.status == "not implemented" and "forward" in result.note
 
 
-@pytest.mark.parametrize("bad", [
-    lambda Z, eps: 1 / 0,
-    lambda Z, eps: None,
-    lambda Z, eps: (Z, Z),
-    lambda Z, eps: "a string",
-    lambda Z, eps: np.full(Z.shape[:-2], np.nan),
-    lambda Z, eps: sys.exit(3),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda Z, eps: 1 / 0,
+        lambda Z, eps: None,
+        lambda Z, eps: (Z, Z),
+        lambda Z, eps: "a string",
+        lambda Z, eps: np.full(Z.shape[:-2], np.nan),
+        lambda Z, eps: sys.exit(3),
+    ],
+)
 def test_anything_the_student_returns_or_raises_becomes_a_result(bad):
     result = check("3.1", bad)
     assert result.status == "failed" and not result.passed
@@ -367,7 +393,7 @@ def test_portable_code_runs_on_array_api_strict():
 # Grading a student's file by path
 # --------------------------------------------------------------------------
 
-WRONG_RATES = textwrap.dedent('''
+WRONG_RATES = textwrap.dedent("""
     import numpy as np
 
     def coding_rate(Z, eps):
@@ -378,7 +404,7 @@ WRONG_RATES = textwrap.dedent('''
     def coding_rate_grad(Z, eps):
         from minicrate.rates import coding_rate_grad as right
         return right(Z, eps)
-''')
+""")
 
 
 def test_grade_file_imports_that_file_not_the_reference(tmp_path):
@@ -400,8 +426,9 @@ def test_grade_file_of_a_notebook_and_import_errors(tmp_path):
     src = os.path.join(os.path.dirname(__file__), "..", "exercises", "ch03_coding_rate.md")
     nb = jupytext.read(src)
     for cell in nb.cells:  # plant the factor-2 mistake in the student's notebook
-        cell.source = cell.source.replace("return alpha * xp.matrix_transpose",
-                                          "return 2 * alpha * xp.matrix_transpose")
+        cell.source = cell.source.replace(
+            "return alpha * xp.matrix_transpose", "return 2 * alpha * xp.matrix_transpose"
+        )
     path = tmp_path / "ch03_coding_rate-student.ipynb"
     jupytext.write(nb, str(path), fmt="ipynb")
     results = {r.task: r for r in grading.grade_file(path)}
@@ -422,8 +449,22 @@ def test_grade_command_writes_json_and_gradescope_results(tmp_path, capsys):
     path = tmp_path / "hw.py"
     path.write_text(WRONG_RATES)
     out_json, out_gs = tmp_path / "r.json", tmp_path / "results.json"
-    code = main(["grade", str(path), "--task", "3.1", "--task", "3.2", "--examples", "2",
-                 "--json", str(out_json), "--gradescope", str(out_gs)])
+    code = main(
+        [
+            "grade",
+            str(path),
+            "--task",
+            "3.1",
+            "--task",
+            "3.2",
+            "--examples",
+            "2",
+            "--json",
+            str(out_json),
+            "--gradescope",
+            str(out_gs),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 1 and "Task 3.1 coding_rate: failed" in text and "1 of 2 tasks passed" in text
     records = json.loads(out_json.read_text())
@@ -440,8 +481,24 @@ def test_pytest_entry_point_grades_the_file_given_by_path(tmp_path):
     env = dict(os.environ, MINICRATE_STUDENT=str(path))
     root = os.path.join(os.path.dirname(__file__), "..")
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         "tests/grade_student.py", "-m", "task3_1 or task3_2"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "tests/grade_student.py",
+            "-m",
+            "task3_1 or task3_2",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 1, run.stdout + run.stderr
     assert "1 failed, 1 passed" in run.stdout and "keep the factor" in run.stdout

@@ -17,14 +17,26 @@ HELP = "grade a student's .py/.ipynb/.md file with the exercise checks (minicrat
 
 def add_arguments(p):
     p.add_argument("path", nargs="?", help="the student's file (.py, .ipynb or MyST .md)")
-    p.add_argument("--task", action="append", dest="tasks", metavar="ID",
-                   help="grade only this task (repeatable), e.g. --task 3.2")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed of the generated cases (instructors: a private one)")
+    p.add_argument(
+        "--task",
+        action="append",
+        dest="tasks",
+        metavar="ID",
+        help="grade only this task (repeatable), e.g. --task 3.2",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the generated cases (instructors: a private one)",
+    )
     p.add_argument("--examples", type=int, default=None, help="number of generated cases per task")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--gradescope", metavar="FILE",
-                   help="also write Gradescope's results.json (one test per task, 1 point each)")
+    p.add_argument(
+        "--gradescope",
+        metavar="FILE",
+        help="also write Gradescope's results.json (one test per task, 1 point each)",
+    )
     p.add_argument("--list", action="store_true", help="list the tasks and what they check")
 
 
@@ -43,14 +55,18 @@ def run(args):
         options["examples"] = args.examples
     results = grading.grade_file(args.path, args.tasks, **options)
     if not results:
-        print(f"{args.path}: defines none of the task functions "
-              f"({', '.join(t.function for t in grading.TASKS.values())})")
+        print(
+            f"{args.path}: defines none of the task functions "
+            f"({', '.join(t.function for t in grading.TASKS.values())})"
+        )
         return 1
     for r in results:
         print(r)
     total = sum(r.score for r in results)
-    print(f"\n{sum(r.passed for r in results)} of {len(results)} tasks passed; "
-          f"score {total:.2f} / {len(results)}")
+    print(
+        f"\n{sum(r.passed for r in results)} of {len(results)} tasks passed; "
+        f"score {total:.2f} / {len(results)}"
+    )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump([r.to_dict() for r in results], fh, indent=2)

@@ -52,8 +52,10 @@ def _regions(lines, where):
         text = line.strip()
         if text == BEGIN:
             if open_at is not None:
-                raise ValueError(f"{where}, line {i + 1}: '{BEGIN}' inside another solution region "
-                                 f"(opened at line {open_at + 1})")
+                raise ValueError(
+                    f"{where}, line {i + 1}: '{BEGIN}' inside another solution region "
+                    f"(opened at line {open_at + 1})"
+                )
             open_at = i
         elif text == END:
             if open_at is None:
@@ -88,12 +90,16 @@ def strip_code(source: str, where: str = "cell") -> str:
                 if task is not None:
                     break
         if task is None:
-            raise ValueError(f"{where}, line {begin + 1}: no 'Task X.Y' above this solution region; "
-                             "name the task in the stub's docstring (e.g. 'Task 3.1: ...')")
+            raise ValueError(
+                f"{where}, line {begin + 1}: no 'Task X.Y' above this solution region; "
+                "name the task in the stub's docstring (e.g. 'Task 3.1: ...')"
+            )
         label = f"Task {task}: {name}" if name else f"Task {task}"
         out += lines[last:begin]
-        out += [f"{indent}# TODO: Implement for Task {task}.",
-                f"{indent}raise NotImplementedError({label!r})"]
+        out += [
+            f"{indent}# TODO: Implement for Task {task}.",
+            f"{indent}raise NotImplementedError({label!r})",
+        ]
         last = end + 1
     out += lines[last:]
     return "\n".join(out)
@@ -166,8 +172,10 @@ def make_student(src: str, dest: str) -> list:
         if not os.path.isdir(dest):
             raise ValueError(f"{dest} exists and is not a folder")
         if os.listdir(dest) and not os.path.exists(os.path.join(dest, MARKER_FILE)):
-            raise ValueError(f"{dest} is not empty and was not written by make-student; "
-                             "choose an empty or new folder")
+            raise ValueError(
+                f"{dest} is not empty and was not written by make-student; "
+                "choose an empty or new folder"
+            )
         shutil.rmtree(dest)
     names = sorted(f for f in os.listdir(src) if is_exercise(os.path.join(src, f)))
     if not names:
@@ -189,6 +197,8 @@ def make_student(src: str, dest: str) -> list:
 
 def run(args):
     written = make_student(args.src, args.dest)
-    print(f"wrote {len(written)} student notebooks (.md and .ipynb, solutions stripped, no outputs) "
-          f"to {args.dest}: {', '.join(written)}")
+    print(
+        f"wrote {len(written)} student notebooks (.md and .ipynb, solutions stripped, no outputs) "
+        f"to {args.dest}: {', '.join(written)}"
+    )
     return 0
