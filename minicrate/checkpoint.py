@@ -55,7 +55,9 @@ def _config_to_dict(config):
         return dataclasses.asdict(config)
     if isinstance(config, dict):
         return dict(config)
-    raise TypeError(f"config must be a dataclass (CRATEConfig) or a dict, got {type(config).__name__}")
+    raise TypeError(
+        f"config must be a dataclass (CRATEConfig) or a dict, got {type(config).__name__}"
+    )
 
 
 def _split_extra(value, path, arrays):
@@ -69,7 +71,9 @@ def _split_extra(value, path, arrays):
     if isinstance(value, dict):
         for k in value:
             if not isinstance(k, str):
-                raise TypeError(f"extra keys must be strings, got {k!r} at {'/'.join(path) or 'top'}")
+                raise TypeError(
+                    f"extra keys must be strings, got {k!r} at {'/'.join(path) or 'top'}"
+                )
         return {k: _split_extra(v, path + [k], arrays) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_split_extra(v, path + [str(i)], arrays) for i, v in enumerate(value)]
@@ -158,7 +162,9 @@ def _open(path):
             f"corrupted or not an .npz archive ({type(err).__name__}: {err})"
         ) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise CheckpointError(f"{path!r} holds a single .npy array, not a minicrate checkpoint (.npz)")
+        raise CheckpointError(
+            f"{path!r} holds a single .npy array, not a minicrate checkpoint (.npz)"
+        )
     if _HEADER not in archive.files:
         archive.close()
         raise CheckpointError(
@@ -169,7 +175,9 @@ def _open(path):
         meta = json.loads(bytes(archive[_HEADER]).decode("utf-8"))
     except (*_READ_ERRORS, UnicodeDecodeError) as err:
         archive.close()
-        raise CheckpointError(f"{path!r} is truncated or corrupted: its header cannot be read ({err})") from None
+        raise CheckpointError(
+            f"{path!r} is truncated or corrupted: its header cannot be read ({err})"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         archive.close()
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
@@ -241,7 +249,9 @@ def config_from_dict(data, *, source="checkpoint"):
     try:
         return CRATEConfig(**data)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{source}: stored config is not a valid CRATEConfig ({err})") from None
+        raise CheckpointError(
+            f"{source}: stored config is not a valid CRATEConfig ({err})"
+        ) from None
 
 
 def check_config(stored, expected, *, source="checkpoint"):

@@ -88,7 +88,8 @@ def format_table(result):
     """A plain-text table: one row per layer, trained and init side by side."""
     t, i = result["trained"], result["init"]
     lines = [
-        f"{'layer':>5}  {'R^c trained':>12} {'R^c init':>10}  {'nonzero trained':>15} {'nonzero init':>12}",
+        f"{'layer':>5}  {'R^c trained':>12} {'R^c init':>10}  "
+        f"{'nonzero trained':>15} {'nonzero init':>12}",
     ]
     for layer in range(len(t["rc"])):
         lines.append(
@@ -143,8 +144,9 @@ def _run_context(run_or_file, data=None, backend="numpy"):
     return params, config, recipe, split, out_dir
 
 
-def measure_run(run_or_file, *, n_images=500, subset="test", out_dir=None, data=None,
-                backend="numpy"):
+def measure_run(
+    run_or_file, *, n_images=500, subset="test", out_dir=None, data=None, backend="numpy"
+):
     """Measure a run's latest checkpoint against its initialisation; write
     ``measure.json`` and ``measure.png`` (into the run directory by default).
 
@@ -166,8 +168,12 @@ def measure_run(run_or_file, *, n_images=500, subset="test", out_dir=None, data=
     seed = int(recipe.get("seed", 0))
     init = init_params(config, seed=seed, backend=namespace(params["head.W"]), dtype=config.dtype)
     result = layerwise_comparison(params, init, config, images)
-    result.update(checkpoint=os.path.abspath(_ckpt(run_or_file)), subset=subset,
-                  data=split.name, init_seed=seed)
+    result.update(
+        checkpoint=os.path.abspath(_ckpt(run_or_file)),
+        subset=subset,
+        data=split.name,
+        init_seed=seed,
+    )
     out_dir = out_dir or default_dir
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "measure.json")
@@ -175,7 +181,8 @@ def measure_run(run_or_file, *, n_images=500, subset="test", out_dir=None, data=
         json.dump(result, f, indent=2)
     os.replace(json_path + ".tmp", json_path)
     png = plot_layerwise(
-        result, os.path.join(out_dir, "measure.png"),
+        result,
+        os.path.join(out_dir, "measure.png"),
         title=f"CRATE on {split.name}: layer-wise R^c and sparsity, {len(images)} {subset} images",
     )
     return result, json_path, png
@@ -200,12 +207,23 @@ def attention_run(run_or_file, *, n_images=4, layer=-1, out=None, data=None, bac
     images = split.x_test[picks]
     maps, preds = attention_maps(params, config, images, layer=layer)
     shown = layer % config.depth + 1
-    note = "" if config.pool == "cls" else " (this model pools by the mean; the class token still attends)"
+    note = (
+        ""
+        if config.pool == "cls"
+        else " (this model pools by the mean; the class token still attends)"
+    )
     return plot_attention(
-        images, maps, split.y_test[picks], preds, out or os.path.join(default_dir, "attention.png"),
-        layer=shown, patch_size=config.patch_size,
-        title=(f"class-token attention per head, layer {shown} of {config.depth}{note}\n"
-               "each patch's share of the class token's softmax row (the rest is on itself)"),
+        images,
+        maps,
+        split.y_test[picks],
+        preds,
+        out or os.path.join(default_dir, "attention.png"),
+        layer=shown,
+        patch_size=config.patch_size,
+        title=(
+            f"class-token attention per head, layer {shown} of {config.depth}{note}\n"
+            "each patch's share of the class token's softmax row (the rest is on itself)"
+        ),
     )
 
 

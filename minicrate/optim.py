@@ -52,7 +52,8 @@ def _check_grads(params, grads):
     extra = sorted(set(grads) - set(params))
     if missing or extra:
         raise ValueError(
-            f"grads must have the same keys as params; missing {missing[:5]}, unexpected {extra[:5]}"
+            "grads must have the same keys as params; "
+            f"missing {missing[:5]}, unexpected {extra[:5]}"
         )
     for k, p in params.items():
         if tuple(grads[k].shape) != tuple(p.shape):

@@ -61,12 +61,27 @@ def plot_layerwise(result, path, *, title=None):
     labels = {"trained": "trained", "init": "at initialisation"}
     for which in ("trained", "init"):
         r = result[which]
-        ax1.errorbar(layers, r["rc"], yerr=r["rc_std"], capsize=3, label=labels[which], **styles[which])
-        ax2.errorbar(layers, r["nonzero"], yerr=r["nonzero_std"], capsize=3, label=labels[which],
-                     **styles[which])
-    ax1.set(xlabel="layer index ℓ", ylabel=r"$R^c(Z^{\ell})$ (nats)", title="compression (lower = more compressed)")
-    ax2.set(xlabel="layer index ℓ", ylabel=r"$\|Z^{\ell+1}\|_0 \,/\, (d\cdot N)$",
-            title="sparsity (lower = sparser)")
+        ax1.errorbar(
+            layers, r["rc"], yerr=r["rc_std"], capsize=3, label=labels[which], **styles[which]
+        )
+        ax2.errorbar(
+            layers,
+            r["nonzero"],
+            yerr=r["nonzero_std"],
+            capsize=3,
+            label=labels[which],
+            **styles[which],
+        )
+    ax1.set(
+        xlabel="layer index ℓ",
+        ylabel=r"$R^c(Z^{\ell})$ (nats)",
+        title="compression (lower = more compressed)",
+    )
+    ax2.set(
+        xlabel="layer index ℓ",
+        ylabel=r"$\|Z^{\ell+1}\|_0 \,/\, (d\cdot N)$",
+        title="sparsity (lower = sparser)",
+    )
     for ax in (ax1, ax2):
         ax.set_xticks(layers)
         ax.grid(alpha=0.3)
@@ -98,19 +113,34 @@ def plot_attention(images, maps, labels, predictions, path, *, layer, patch_size
         top = float(maps[i].max())
         for k in range(K):
             ax = axes[i, k + 1]
-            ax.imshow(maps[i, k], cmap="viridis", vmin=0, vmax=top, interpolation="nearest",
-                      extent=(0, W, H, 0))
+            ax.imshow(
+                maps[i, k],
+                cmap="viridis",
+                vmin=0,
+                vmax=top,
+                interpolation="nearest",
+                extent=(0, W, H, 0),
+            )
             if gh * gw <= 16:  # few patches: print each share
                 for r in range(gh):
                     for c in range(gw):
                         v = maps[i, k, r, c]
-                        ax.text((c + 0.5) * W / gw, (r + 0.5) * H / gh, f"{v:.2f}", ha="center",
-                                va="center", fontsize=7, color="w" if v < 0.6 * top else "k")
+                        ax.text(
+                            (c + 0.5) * W / gw,
+                            (r + 0.5) * H / gh,
+                            f"{v:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="w" if v < 0.6 * top else "k",
+                        )
             if i == 0:
                 ax.set_title(f"head {k + 1}", fontsize=8)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(title or f"class-token attention over {patch_size}×{patch_size} patches, layer {layer}",
-                 fontsize=9)
+    fig.suptitle(
+        title or f"class-token attention over {patch_size}×{patch_size} patches, layer {layer}",
+        fontsize=9,
+    )
     return _save(fig, path)

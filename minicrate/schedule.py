@@ -28,7 +28,9 @@ def warmup_cosine(step, *, total_steps, warmup_steps=0, base_lr, min_lr=0.0):
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
+        raise ValueError(
+            f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}"
+        )
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if step < warmup_steps:

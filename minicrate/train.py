@@ -114,13 +114,29 @@ class TrainConfig:
 RECIPES = {
     "digits": (
         dict(preset="digits"),
-        dict(data="digits", optimizer="adamw", lr=2e-3, weight_decay=0.05, epochs=40,
-             batch_size=64, warmup_epochs=2, shift=0),
+        dict(
+            data="digits",
+            optimizer="adamw",
+            lr=2e-3,
+            weight_decay=0.05,
+            epochs=40,
+            batch_size=64,
+            warmup_epochs=2,
+            shift=0,
+        ),
     ),
     "mnist": (
         dict(preset="mnist"),
-        dict(data="mnist", optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=40,
-             batch_size=64, warmup_epochs=2, shift=2),
+        dict(
+            data="mnist",
+            optimizer="adamw",
+            lr=1e-3,
+            weight_decay=0.05,
+            epochs=40,
+            batch_size=64,
+            warmup_epochs=2,
+            shift=2,
+        ),
     ),
 }
 
@@ -241,8 +257,18 @@ class _Signals:
 
 
 # -- the loop -----------------------------------------------------------------
-def train(model_config: CRATEConfig, train_config: TrainConfig, out_dir, *, resume=False,
-          progress=True, handle_signals=False, stop_after_steps=None, log=print, threads=1):
+def train(
+    model_config: CRATEConfig,
+    train_config: TrainConfig,
+    out_dir,
+    *,
+    resume=False,
+    progress=True,
+    handle_signals=False,
+    stop_after_steps=None,
+    log=print,
+    threads=1,
+):
     """Train (or resume training) a CRATE classifier; write the run directory.
 
     Args:
@@ -279,12 +305,21 @@ def train(model_config: CRATEConfig, train_config: TrainConfig, out_dir, *, resu
             f"but {train_config.data!r} has {size}×{size}"
         )
     with limit_threads(threads):
-        return _train(model_config, train_config, out_dir, resume=resume, progress=progress,
-                      handle_signals=handle_signals, stop_after_steps=stop_after_steps, log=log)
+        return _train(
+            model_config,
+            train_config,
+            out_dir,
+            resume=resume,
+            progress=progress,
+            handle_signals=handle_signals,
+            stop_after_steps=stop_after_steps,
+            log=log,
+        )
 
 
-def _train(model_config, train_config, out_dir, *, resume, progress, handle_signals,
-           stop_after_steps, log):
+def _train(
+    model_config, train_config, out_dir, *, resume, progress, handle_signals, stop_after_steps, log
+):
     from . import data as datasets
 
     tc, mc = train_config, model_config
@@ -292,7 +327,9 @@ def _train(model_config, train_config, out_dir, *, resume, progress, handle_sign
     ck_file = os.path.join(out_dir, CHECKPOINT)
     split = datasets.load(tc.data, test_size=tc.test_size, seed=tc.split_seed)
     if (split.image_size, split.num_classes, split.x_train.shape[1]) != (
-        mc.image_size, mc.num_classes, mc.channels
+        mc.image_size,
+        mc.num_classes,
+        mc.channels,
     ):
         raise ValueError(
             f"model config expects {mc.channels}×{mc.image_size}×{mc.image_size} images and "
@@ -327,8 +364,11 @@ def _train(model_config, train_config, out_dir, *, resume, progress, handle_sign
         running = dict(extra["running"])
         history = list(extra["history"])
         wall_before = float(extra["wall_time_s"])
-        log(f"resumed {ck_file} at epoch {position['epoch'] + position['batch'] / steps_per_epoch:.2f} "
-            f"(step {position['step']})")
+        log(
+            f"resumed {ck_file} at epoch "
+            f"{position['epoch'] + position['batch'] / steps_per_epoch:.2f} "
+            f"(step {position['step']})"
+        )
 
     def save_state(status):
         extra = {
@@ -365,8 +405,11 @@ def _train(model_config, train_config, out_dir, *, resume, progress, handle_sign
         if history:
             from .plotting import plot_curves
 
-            plot_curves(history, os.path.join(out_dir, CURVES),
-                        title=f"CRATE on {tc.data} ({param_count(mc):,} parameters)")
+            plot_curves(
+                history,
+                os.path.join(out_dir, CURVES),
+                title=f"CRATE on {tc.data} ({param_count(mc):,} parameters)",
+            )
 
     bar_factory = _progress_factory(progress)
     t0 = time.perf_counter()
@@ -377,8 +420,11 @@ def _train(model_config, train_config, out_dir, *, resume, progress, handle_sign
             epoch_start = time.perf_counter()
             stop = False
             order = np.random.default_rng([tc.seed, epoch]).permutation(n_train)
-            bar = bar_factory(total=steps_per_epoch, initial=position["batch"],
-                              desc=f"epoch {epoch + 1}/{tc.epochs}")
+            bar = bar_factory(
+                total=steps_per_epoch,
+                initial=position["batch"],
+                desc=f"epoch {epoch + 1}/{tc.epochs}",
+            )
             while position["batch"] < steps_per_epoch:
                 b = position["batch"]
                 idx = order[b * tc.batch_size : (b + 1) * tc.batch_size]
@@ -387,29 +433,43 @@ def _train(model_config, train_config, out_dir, *, resume, progress, handle_sign
                     x = random_shift(x, tc.shift, batch_rng(tc.seed, epoch, b), fill=background)
                 xb = host_to(xp, x, dtype)
                 yb = host_to(xp, split.y_train[idx], "int64")
-                lr = warmup_cosine(position["step"], total_steps=total_steps, warmup_steps=warmup_steps,
-                                   base_lr=tc.lr, min_lr=tc.min_lr)
+                lr = warmup_cosine(
+                    position["step"],
+                    total_steps=total_steps,
+                    warmup_steps=warmup_steps,
+                    base_lr=tc.lr,
+                    min_lr=tc.min_lr,
+                )
                 loss, grads, logits = loss_and_grads(params, xb, yb, mc)
-                where = (f"step {position['step'] + 1} (epoch {epoch + 1}, batch {b + 1}/"
-                         f"{steps_per_epoch})")
+                where = (
+                    f"step {position['step'] + 1} (epoch {epoch + 1}, batch {b + 1}/"
+                    f"{steps_per_epoch})"
+                )
                 if not math.isfinite(loss):
                     _diverged(f"loss is {loss} at {where}", ck_file, write_metrics, plot, bar)
                 if tc.clip is not None:
                     grads, gnorm = clip_by_global_norm(grads, tc.clip)
                     if not math.isfinite(gnorm):
-                        _diverged(f"gradient norm is {gnorm} at {where}", ck_file, write_metrics,
-                                  plot, bar)
+                        _diverged(
+                            f"gradient norm is {gnorm} at {where}",
+                            ck_file,
+                            write_metrics,
+                            plot,
+                            bar,
+                        )
                 optimizer.step(params, grads, lr=lr)
                 running["loss_sum"] += loss * len(idx)
-                running["correct"] += int(np.sum(to_numpy(xp.argmax(logits, axis=-1)) ==
-                                                 split.y_train[idx]))
+                running["correct"] += int(
+                    np.sum(to_numpy(xp.argmax(logits, axis=-1)) == split.y_train[idx])
+                )
                 running["seen"] += len(idx)
                 position["batch"] += 1
                 position["step"] += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
                 stop = signals.received or (
-                    stop_after_steps is not None and position["step"] >= stop_after_steps)
+                    stop_after_steps is not None and position["step"] >= stop_after_steps
+                )
                 every = tc.checkpoint_every and position["step"] % tc.checkpoint_every == 0
                 if (stop or every) and position["batch"] < steps_per_epoch:
                     save_state("running")
@@ -420,23 +480,27 @@ def _train(model_config, train_config, out_dir, *, resume, progress, handle_sign
                     return _stopped(signals, write_metrics, plot, position, params, history, log)
             bar.close()
             test = evaluate(params, mc, split.x_test, split.y_test, batch_size=tc.eval_batch_size)
-            history.append({
-                "epoch": epoch + 1,
-                "step": position["step"],
-                "lr": lr,
-                "train_loss": running["loss_sum"] / running["seen"],
-                "train_accuracy": running["correct"] / running["seen"],
-                "test_loss": test["loss"],
-                "test_accuracy": test["accuracy"],
-                "epoch_time_s": time.perf_counter() - epoch_start,
-                "wall_time_s": wall_before + (time.perf_counter() - t0),
-            })
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "step": position["step"],
+                    "lr": lr,
+                    "train_loss": running["loss_sum"] / running["seen"],
+                    "train_accuracy": running["correct"] / running["seen"],
+                    "test_loss": test["loss"],
+                    "test_accuracy": test["accuracy"],
+                    "epoch_time_s": time.perf_counter() - epoch_start,
+                    "wall_time_s": wall_before + (time.perf_counter() - t0),
+                }
+            )
             position.update(epoch=epoch + 1, batch=0)
             running = {"loss_sum": 0.0, "correct": 0, "seen": 0}
             last = history[-1]
-            log(f"epoch {epoch + 1:>3}/{tc.epochs}  train loss {last['train_loss']:.4f}  "
+            log(
+                f"epoch {epoch + 1:>3}/{tc.epochs}  train loss {last['train_loss']:.4f}  "
                 f"train acc {last['train_accuracy']:.4f}  test acc {last['test_accuracy']:.4f}  "
-                f"({last['epoch_time_s']:.1f} s)")
+                f"({last['epoch_time_s']:.1f} s)"
+            )
             done = position["epoch"] >= tc.epochs
             save_state("completed" if done else "running")
             write_metrics("completed" if done else "running")
@@ -444,30 +508,46 @@ def _train(model_config, train_config, out_dir, *, resume, progress, handle_sign
                 return _stopped(signals, write_metrics, plot, position, params, history, log)
     plot()
     metrics = write_metrics(status)
-    return {"params": params, "history": history, "test_accuracy": metrics["test_accuracy"],
-            "wall_time_s": metrics["wall_time_s"], "steps": position["step"], "status": status,
-            "n_test": metrics["n_test"]}
+    return {
+        "params": params,
+        "history": history,
+        "test_accuracy": metrics["test_accuracy"],
+        "wall_time_s": metrics["wall_time_s"],
+        "steps": position["step"],
+        "status": status,
+        "n_test": metrics["n_test"],
+    }
 
 
 def _stopped(signals, write_metrics, plot, position, params, history, log):
     why = f"signal {signals.received}" if signals.received else "stop_after_steps"
-    message = (f"stopped by {why} after step {position['step']}; checkpoint saved, "
-               "continue with --resume")
+    message = (
+        f"stopped by {why} after step {position['step']}; checkpoint saved, continue with --resume"
+    )
     metrics = write_metrics("interrupted", message)
     plot()
     if signals.received:
         raise TrainingInterrupted(message)
     log(message)
-    return {"params": params, "history": history, "test_accuracy": metrics["test_accuracy"],
-            "wall_time_s": metrics["wall_time_s"], "steps": position["step"], "status": "interrupted",
-            "n_test": metrics["n_test"]}
+    return {
+        "params": params,
+        "history": history,
+        "test_accuracy": metrics["test_accuracy"],
+        "wall_time_s": metrics["wall_time_s"],
+        "steps": position["step"],
+        "status": "interrupted",
+        "n_test": metrics["n_test"],
+    }
 
 
 def _diverged(what, ck_file, write_metrics, plot, bar):
     bar.close()
-    kept = (f"the last good checkpoint {ck_file!r} is kept" if os.path.exists(ck_file)
-            else "no checkpoint had been written yet")
-    message = (f"training stopped: {what}; {kept}. Try a lower --lr, --clip, or float64.")
+    kept = (
+        f"the last good checkpoint {ck_file!r} is kept"
+        if os.path.exists(ck_file)
+        else "no checkpoint had been written yet"
+    )
+    message = f"training stopped: {what}; {kept}. Try a lower --lr, --clip, or float64."
     write_metrics("diverged", message)
     plot()
     raise TrainingDiverged(message)
@@ -478,12 +558,16 @@ _RESUME_FREE = {"epochs", "backend", "eval_batch_size", "checkpoint_every"}
 
 def _check_resumable(saved, current, source):
     now = dataclasses.asdict(current)
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}"
-             for k in now if k not in _RESUME_FREE and saved.get(k) != now[k]]
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}"
+        for k in now
+        if k not in _RESUME_FREE and saved.get(k) != now[k]
+    ]
     if diffs:
         raise ckpt.CheckpointError(
             f"{source} was trained with a different recipe; resuming would not continue the same "
-            "run (" + "; ".join(diffs) + ")")
+            "run (" + "; ".join(diffs) + ")"
+        )
 
 
 class _NoBar:

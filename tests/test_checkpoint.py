@@ -136,7 +136,9 @@ def test_newer_format_version_is_refused(tmp_path, monkeypatch):
 
 def test_config_mismatch_names_the_fields(tmp_path):
     path, params = _saved(tmp_path)
-    other = CRATEConfig(image_size=4, patch_size=2, dim=8, depth=3, heads=2, num_classes=3, pool="mean")
+    other = CRATEConfig(
+        image_size=4, patch_size=2, dim=8, depth=3, heads=2, num_classes=3, pool="mean"
+    )
     with pytest.raises(CheckpointError, match="depth: checkpoint 2 vs expected 3.*pool"):
         load(path, expect_config=other)
     load(path, expect_config=TINY)  # the right config passes

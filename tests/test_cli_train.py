@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from minicrate import checkpoint as ckpt
@@ -63,8 +62,14 @@ def test_quickstart_writes_everything(tmp_path, capsys):
     assert main(["quickstart", "--epochs", "1", "--out", out, "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "TEST ACCURACY:" in text and "held-out digits" in text and "R^c trained" in text
-    for name in ("checkpoint.npz", "metrics.json", "curves.png", "measure.json", "measure.png",
-                 "attention.png"):
+    for name in (
+        "checkpoint.npz",
+        "metrics.json",
+        "curves.png",
+        "measure.json",
+        "measure.png",
+        "attention.png",
+    ):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
 
 
@@ -79,9 +84,22 @@ def straight(tmp_path_factory):
 def _start_and_stop(run, sig, *, after_step):
     """Start ``minicrate train`` in a subprocess; send ``sig`` once a checkpoint
     at or past ``after_step`` exists (mid-epoch: checkpoints every 4 steps)."""
-    cmd = [sys.executable, "-m", "minicrate", "train", "--epochs", "5", "--out", run,
-           "--checkpoint-every", "4", *TINY_ARGS]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "minicrate",
+        "train",
+        "--epochs",
+        "5",
+        "--out",
+        run,
+        "--checkpoint-every",
+        "4",
+        *TINY_ARGS,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     path = os.path.join(run, "checkpoint.npz")
     deadline = time.monotonic() + 240
     try:

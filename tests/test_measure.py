@@ -46,10 +46,14 @@ def test_layerwise_matches_the_rate_functions(digits):
     _, cache = forward(params, images, TINY)
     inter = intermediates(cache)
     for layer in range(TINY.depth):
-        rc = measured_compression_rate(inter["mssa_inputs"][layer], inter["U"][layer], reduction="none")
+        rc = measured_compression_rate(
+            inter["mssa_inputs"][layer], inter["U"][layer], reduction="none"
+        )
         nz = nonzero_fraction(inter["ista_outputs"][layer], reduction="none")
         assert result["rc"][layer] == pytest.approx(float(np.mean(rc.astype(np.float64))), rel=1e-5)
-        assert result["rc_std"][layer] == pytest.approx(float(np.std(rc.astype(np.float64))), rel=1e-4)
+        assert result["rc_std"][layer] == pytest.approx(
+            float(np.std(rc.astype(np.float64))), rel=1e-4
+        )
         assert result["nonzero"][layer] == pytest.approx(float(np.mean(nz)), rel=1e-6)
     # Unit-norm projections bound R^c: per head, N unit columns in R^p give at most
     # ½ m log(1 + c N/m) with m = min(N, p), c = p/(N·0.01) (equal eigenvalues; spec §6.2).

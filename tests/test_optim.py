@@ -80,7 +80,10 @@ def test_matches_torch_reference_optimisers():
     theta0 = rng.standard_normal((3, 4))
     grads = [rng.standard_normal((3, 4)) for _ in range(5)]
     cases = [
-        (AdamW(0.05, weight_decay=0.1), lambda p: torch.optim.AdamW([p], lr=0.05, weight_decay=0.1)),
+        (
+            AdamW(0.05, weight_decay=0.1),
+            lambda p: torch.optim.AdamW([p], lr=0.05, weight_decay=0.1),
+        ),
         # torch's SGD weight decay is coupled, so compare with wd = 0.
         (SGD(0.05, momentum=0.9), lambda p: torch.optim.SGD([p], lr=0.05, momentum=0.9)),
         (
@@ -175,7 +178,7 @@ def test_warmup_cosine_schedule_values():
     assert lr(6) == pytest.approx(0.1 + 0.45)
     assert lr(10) == lr(50) == 0.1
     values = [lr(s) for s in range(2, 11)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in zip(values[:-1], values[1:], strict=True))
     assert warmup_cosine(0, total_steps=4, base_lr=2.0) == 2.0  # no warm-up
     assert constant(7, base_lr=0.3) == 0.3
     with pytest.raises(ValueError, match="warmup_steps"):

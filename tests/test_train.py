@@ -19,7 +19,9 @@ from minicrate.train import (
     train,
 )
 
-TINY = CRATEConfig(image_size=8, patch_size=4, dim=16, depth=2, heads=2, num_classes=10, pool="mean")
+TINY = CRATEConfig(
+    image_size=8, patch_size=4, dim=16, depth=2, heads=2, num_classes=10, pool="mean"
+)
 STEPS_PER_EPOCH = 23  # 1,437 training digits in batches of 64
 
 
@@ -116,7 +118,9 @@ def test_non_finite_gradient_norm_also_stops(tmp_path, monkeypatch):
         return loss, grads, logits
 
     monkeypatch.setattr(train_module, "loss_and_grads", inf_grads)
-    with pytest.raises(TrainingDiverged, match="gradient norm is (inf|nan) at step 1 .*no checkpoint"):
+    with pytest.raises(
+        TrainingDiverged, match="gradient norm is (inf|nan) at step 1 .*no checkpoint"
+    ):
         train(TINY, _tc(epochs=1), tmp_path, progress=False, log=_quiet)
 
 
@@ -135,8 +139,13 @@ def test_torch_backend_follows_numpy(tmp_path):
     pytest.importorskip("torch")
     tc = _tc(epochs=1, shift=0)
     a = train(TINY, tc, tmp_path / "np", progress=False, log=_quiet)
-    b = train(TINY, TrainConfig(**{**tc.__dict__, "backend": "torch"}), tmp_path / "torch",
-              progress=False, log=_quiet)
+    b = train(
+        TINY,
+        TrainConfig(**{**tc.__dict__, "backend": "torch"}),
+        tmp_path / "torch",
+        progress=False,
+        log=_quiet,
+    )
     assert b["history"][0]["train_loss"] == pytest.approx(a["history"][0]["train_loss"], rel=1e-4)
     np.testing.assert_allclose(
         b["params"]["head.W"].numpy(), a["params"]["head.W"], rtol=1e-3, atol=1e-4

@@ -8,9 +8,13 @@ HELP = "figure of the class token's attention per head for a few test images"
 
 def add_arguments(p):
     p.add_argument("path", help="run directory (its latest checkpoint) or a .npz checkpoint")
-    p.add_argument("--images", type=int, default=4, help="number of test images (one per class first)")
+    p.add_argument(
+        "--images", type=int, default=4, help="number of test images (one per class first)"
+    )
     p.add_argument("--layer", type=int, default=-1, help="layer index, 0-based (default: the last)")
-    p.add_argument("--data", choices=["digits", "mnist"], help="default: the data the run trained on")
+    p.add_argument(
+        "--data", choices=["digits", "mnist"], help="default: the data the run trained on"
+    )
     p.add_argument("--out", help="PNG path (default: attention.png in the run directory)")
     p.add_argument("--backend", default="numpy")
 
@@ -18,7 +22,13 @@ def add_arguments(p):
 def run(args):
     from ..measure import attention_run
 
-    png = attention_run(args.path, n_images=args.images, layer=args.layer, out=args.out,
-                        data=args.data, backend=args.backend)
+    png = attention_run(
+        args.path,
+        n_images=args.images,
+        layer=args.layer,
+        out=args.out,
+        data=args.data,
+        backend=args.backend,
+    )
     print(f"wrote {png}")
     return 0

@@ -8,9 +8,13 @@ HELP = "test accuracy (overall and per class) of a run directory or checkpoint"
 
 def add_arguments(p):
     p.add_argument("path", help="run directory (its latest checkpoint) or a .npz checkpoint")
-    p.add_argument("--data", choices=["digits", "mnist"], help="default: the data the run trained on")
+    p.add_argument(
+        "--data", choices=["digits", "mnist"], help="default: the data the run trained on"
+    )
     p.add_argument("--backend", default="numpy")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads for NumPy (0: library default)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="BLAS threads for NumPy (0: library default)"
+    )
 
 
 def run(args):
@@ -24,8 +28,12 @@ def run(args):
     with limit_threads(args.threads):
         result = evaluate(params, config, split.x_test, split.y_test)
     print(describe(config, params))
-    print(f"{split.name}: {len(split.y_test)} test images, accuracy {100 * result['accuracy']:.2f}%, "
-          f"loss {result['loss']:.4f}")
-    per_class = [np.mean(result["predictions"][split.y_test == c] == c) for c in range(split.num_classes)]
+    print(
+        f"{split.name}: {len(split.y_test)} test images, accuracy {100 * result['accuracy']:.2f}%, "
+        f"loss {result['loss']:.4f}"
+    )
+    per_class = [
+        np.mean(result["predictions"][split.y_test == c] == c) for c in range(split.num_classes)
+    ]
     print("per class: " + "  ".join(f"{c}:{100 * a:.0f}%" for c, a in enumerate(per_class)))
     return 0

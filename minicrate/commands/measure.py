@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 NAME = "measure"
-HELP = "layer-wise compression R^c and sparsity of a trained model and its initialisation (table + PNG)"
+HELP = "layer-wise compression R^c and sparsity, trained vs at initialisation (table + PNG)"
 
 
 def add_arguments(p):
     p.add_argument("path", help="run directory (its latest checkpoint) or a .npz checkpoint")
     p.add_argument("--images", type=int, default=500, help="number of images measured")
     p.add_argument("--subset", choices=["test", "train"], default="test")
-    p.add_argument("--data", choices=["digits", "mnist"], help="default: the data the run trained on")
+    p.add_argument(
+        "--data", choices=["digits", "mnist"], help="default: the data the run trained on"
+    )
     p.add_argument("--out", help="directory for measure.json and measure.png (default: the run's)")
     p.add_argument("--backend", default="numpy")
 
@@ -18,10 +20,18 @@ def add_arguments(p):
 def run(args):
     from ..measure import format_table, measure_run
 
-    result, json_path, png = measure_run(args.path, n_images=args.images, subset=args.subset,
-                                         out_dir=args.out, data=args.data, backend=args.backend)
-    print(f"layer-wise measurements on {result['trained']['n_images']} {args.subset} images "
-          "(R^c: spec §6.1 protocol, eps^2 = 0.01; nonzero: fraction of the ISTA output)")
+    result, json_path, png = measure_run(
+        args.path,
+        n_images=args.images,
+        subset=args.subset,
+        out_dir=args.out,
+        data=args.data,
+        backend=args.backend,
+    )
+    print(
+        f"layer-wise measurements on {result['trained']['n_images']} {args.subset} images "
+        "(R^c: spec §6.1 protocol, eps^2 = 0.01; nonzero: fraction of the ISTA output)"
+    )
     print(format_table(result))
     print(f"wrote {json_path} and {png}")
     return 0

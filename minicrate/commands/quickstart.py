@@ -13,11 +13,15 @@ HELP = "train CRATE on sklearn's digits, print test accuracy, write measurement 
 
 
 def add_arguments(p):
-    p.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
+    p.add_argument(
+        "--out", default="runs/quickstart", help="run directory (default runs/quickstart)"
+    )
     p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
     p.add_argument("--resume", action="store_true", help="continue an interrupted quickstart run")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads for NumPy (0: library default)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="BLAS threads for NumPy (0: library default)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -33,29 +37,45 @@ def run(args):
     overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
     model_config, train_config = recipe("digits", **overrides)
     print(f"minicrate quickstart: training {describe(model_config)}", flush=True)
-    print(f"on sklearn's 8x8 digits ({train_config.optimizer}, lr {train_config.lr}, "
-          f"{train_config.epochs} epochs, hand-written backward, NumPy)", flush=True)
+    print(
+        f"on sklearn's 8x8 digits ({train_config.optimizer}, lr {train_config.lr}, "
+        f"{train_config.epochs} epochs, hand-written backward, NumPy)",
+        flush=True,
+    )
     try:
         with limit_threads(args.threads):
-            result = train(model_config, train_config, args.out, resume=args.resume,
-                           progress=not args.no_progress, handle_signals=True,
-                           log=lambda line: print(line, flush=True), threads=args.threads)
+            result = train(
+                model_config,
+                train_config,
+                args.out,
+                resume=args.resume,
+                progress=not args.no_progress,
+                handle_signals=True,
+                log=lambda line: print(line, flush=True),
+                threads=args.threads,
+            )
             measured, json_path, measure_png = measure_run(args.out)
             attention_png = attention_run(args.out, n_images=4)
     except TrainingInterrupted as err:
         print(f"minicrate quickstart: {err}", flush=True)
         return 130
     print()
-    print(f"TEST ACCURACY: {100 * result['test_accuracy']:.2f}% on {result['n_test']} held-out digits "
-          f"(training took {result['wall_time_s']:.0f} s)")
+    print(
+        f"TEST ACCURACY: {100 * result['test_accuracy']:.2f}% "
+        f"on {result['n_test']} held-out digits "
+        f"(training took {result['wall_time_s']:.0f} s)"
+    )
     print()
     print("Layer-wise white-box measurements (spec §6.1), trained vs at initialisation:")
     print(format_table(measured))
     print()
-    for label, path in (("curves", os.path.join(args.out, "curves.png")),
-                        ("metrics", os.path.join(args.out, "metrics.json")),
-                        ("measurement", measure_png), ("measure.json", json_path),
-                        ("attention", attention_png)):
+    for label, path in (
+        ("curves", os.path.join(args.out, "curves.png")),
+        ("metrics", os.path.join(args.out, "metrics.json")),
+        ("measurement", measure_png),
+        ("measure.json", json_path),
+        ("attention", attention_png),
+    ):
         print(f"  {label:<12} {path}")
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0

@@ -13,13 +13,19 @@ def add_model_arguments(p):
     g.add_argument("--depth", type=int, help="number of layers L")
     g.add_argument("--heads", type=int, help="number of heads K (p = d/K)")
     g.add_argument("--patch", type=int, dest="patch_size", help="patch size in pixels")
-    g.add_argument("--pool", choices=["cls", "mean"], help="classify from the class token or the mean token")
+    g.add_argument(
+        "--pool", choices=["cls", "mean"], help="classify from the class token or the mean token"
+    )
     g.add_argument("--dtype", choices=["float32", "float64"])
 
 
 def add_arguments(p):
-    p.add_argument("--data", choices=["digits", "mnist"], default="digits",
-                   help="data set; also picks the recipe whose defaults the other options override")
+    p.add_argument(
+        "--data",
+        choices=["digits", "mnist"],
+        default="digits",
+        help="data set; also picks the recipe whose defaults the other options override",
+    )
     add_model_arguments(p)
     g = p.add_argument_group("optimisation (defaults: the recipe's)")
     g.add_argument("--optimizer", choices=["adamw", "lion", "sgd"])
@@ -30,13 +36,24 @@ def add_arguments(p):
     g.add_argument("--warmup", type=float, dest="warmup_epochs", help="linear warm-up, in epochs")
     g.add_argument("--clip", type=float, help="clip the global gradient norm (0: off)")
     g.add_argument("--shift", type=int, help="random-shift augmentation in pixels (0: off)")
-    g.add_argument("--seed", type=int, help="seed of the initialisation, batch order and augmentation")
+    g.add_argument(
+        "--seed", type=int, help="seed of the initialisation, batch order and augmentation"
+    )
     p.add_argument("--backend", default="numpy", help="numpy, torch, cupy or array_api_strict")
     p.add_argument("--out", help="run directory (default runs/<data>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
-                   help="also checkpoint every this many steps (default: every epoch only)")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads for NumPy (0: library default)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also checkpoint every this many steps (default: every epoch only)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="BLAS threads for NumPy (0: library default)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -50,13 +67,28 @@ def configs_from_args(args):
     model_config, train_config = recipe(args.data)
     if args.preset:
         model_config = preset(args.preset)
-    model_over = {k: getattr(args, k) for k in ("dim", "depth", "heads", "patch_size", "pool", "dtype")
-                  if getattr(args, k, None) is not None}
+    model_over = {
+        k: getattr(args, k)
+        for k in ("dim", "depth", "heads", "patch_size", "pool", "dtype")
+        if getattr(args, k, None) is not None
+    }
     if model_over:
         model_config = dataclasses.replace(model_config, **model_over)
-    train_over = {k: getattr(args, k) for k in ("optimizer", "lr", "weight_decay", "epochs", "batch_size",
-                                                 "warmup_epochs", "clip", "shift", "seed")
-                  if getattr(args, k, None) is not None}
+    train_over = {
+        k: getattr(args, k)
+        for k in (
+            "optimizer",
+            "lr",
+            "weight_decay",
+            "epochs",
+            "batch_size",
+            "warmup_epochs",
+            "clip",
+            "shift",
+            "seed",
+        )
+        if getattr(args, k, None) is not None
+    }
     if train_over.get("clip") == 0:
         train_over["clip"] = None
     train_over.update(backend=args.backend, checkpoint_every=args.checkpoint_every)
@@ -71,17 +103,29 @@ def run(args):
 
     model_config, train_config = configs_from_args(args)
     out = args.out or os.path.join("runs", args.data)
-    print(f"{describe(model_config)}; {train_config.optimizer} lr {train_config.lr} "
-          f"wd {train_config.weight_decay}, {train_config.epochs} epochs of batch "
-          f"{train_config.batch_size}, backend {train_config.backend} -> {out}", flush=True)
+    print(
+        f"{describe(model_config)}; {train_config.optimizer} lr {train_config.lr} "
+        f"wd {train_config.weight_decay}, {train_config.epochs} epochs of batch "
+        f"{train_config.batch_size}, backend {train_config.backend} -> {out}",
+        flush=True,
+    )
     try:
         with limit_threads(args.threads):
-            result = train(model_config, train_config, out, resume=args.resume,
-                           progress=not args.no_progress, handle_signals=True,
-                           log=lambda line: print(line, flush=True), threads=args.threads)
+            result = train(
+                model_config,
+                train_config,
+                out,
+                resume=args.resume,
+                progress=not args.no_progress,
+                handle_signals=True,
+                log=lambda line: print(line, flush=True),
+                threads=args.threads,
+            )
     except TrainingInterrupted as err:
         print(f"minicrate train: {err}", flush=True)
         return 130
-    print(f"test accuracy {100 * result['test_accuracy']:.2f}% after {result['steps']} steps, "
-          f"{result['wall_time_s']:.1f} s; run directory {out}")
+    print(
+        f"test accuracy {100 * result['test_accuracy']:.2f}% after {result['steps']} steps, "
+        f"{result['wall_time_s']:.1f} s; run directory {out}"
+    )
     return 0
