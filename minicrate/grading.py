@@ -616,7 +616,13 @@ def check(
                 f"runs on all {n} cases and returns the documented structure",
                 False,
                 f"case {i + 1} of {n} ({case.label}) raised {_format_exception(err)}"
-                + (f"; {len(failures) - 1} more case(s) failed too" if len(failures) > 1 else ""),
+                + (f"; {len(failures) - 1} more case(s) failed too" if len(failures) > 1 else "")
+                + (
+                    f"\n(the cache came from minicrate's forward, whose layout differs from "
+                    f"yours: pass forward={task.forward_name} to check)"
+                    if task.kind == "backward" and forward is None
+                    else ""
+                ),
             )
         )
     else:
@@ -754,8 +760,15 @@ def _fd_property(task, ran):
 
 
 def _registry():
-    from .grading_tasks import TASKS as tasks
-
+    try:
+        from .grading_tasks import TASKS as tasks
+    except ModuleNotFoundError as err:
+        if err.name != "hypothesis":
+            raise
+        raise ImportError(
+            "minicrate.grading draws its cases with Hypothesis: pip install 'minicrate[dev]' "
+            "(or pip install hypothesis)"
+        ) from err
     return tasks
 
 

@@ -265,27 +265,37 @@ def test_unstable_softmax_is_caught_on_large_logits():
 
 @pytest.mark.task8_2
 def test_missing_transpose_term_in_shared_qk_attention_is_named():
-    def mssa_backward(dY, cache):
-        from minicrate.functional import softmax_backward
-        from minicrate.mssa import tokens_to_heads
+    T = lambda x: np.swapaxes(x, -1, -2)  # noqa: E731
 
-        Z, U, W_out, W, A, H = (cache[k] for k in ("Z", "U", "W_out", "W", "A", "H"))
+    def mssa_forward(Z, U, W_out, b_out, *, scale=None):
+        s = 1 / np.sqrt(U.shape[-1]) if scale is None else scale
+        W = Z[..., None, :, :] @ U
+        S = s * W @ T(W)
+        A = np.exp(S - S.max(-1, keepdims=True))
+        A /= A.sum(-1, keepdims=True)
+        H = np.concatenate(list(np.moveaxis(A @ W, -3, 0)), axis=-1)
+        return H @ W_out.T + b_out, (Z, U, W_out, W, A, H, s)
+
+    def mssa_backward(dY, cache):
+        Z, U, W_out, W, A, H, s = cache
         K, d, p = U.shape
-        dO = tokens_to_heads(dY @ W_out, K)
-        dS = softmax_backward(dO @ np.swapaxes(W, -1, -2), A)
-        dW = np.swapaxes(A, -1, -2) @ dO + cache["scale"] * dS @ W  # forgot dSᵀ
-        dZ = (dW @ np.swapaxes(U, -1, -2)).sum(-3)
-        dU = (np.swapaxes(Z[..., None, :, :], -1, -2) @ dW).reshape(-1, K, d, p).sum(0)
+        dO = np.stack(np.split(dY @ W_out, K, axis=-1), axis=-3)
+        dA = dO @ T(W)
+        dS = A * (dA - (A * dA).sum(-1, keepdims=True))
+        dW = T(A) @ dO + s * dS @ W  # forgot dSᵀ: W is the query *and* the key
+        dZ = (dW @ T(U)).sum(-3)
+        dU = (T(Z[..., None, :, :]) @ dW).reshape(-1, K, d, p).sum(0)
         return dZ, {
             "U": dU,
             "W_out": dY.reshape(-1, d).T @ H.reshape(-1, K * p),
             "b_out": dY.reshape(-1, d).sum(0),
         }
 
-    result = check("8.2", mssa_backward)  # the reference forward's cache
+    result = check("8.2", mssa_backward, forward=mssa_forward)
     by_name = {p.name.split()[0]: p for p in result.properties}
     assert by_name["grads['W_out']"].passed and not by_name["dZ"].passed
     assert "missing S̄ᵀ term" in " ".join(by_name["dZ"].hints)
+    assert check("5.2", mssa_forward).passed
 
 
 @pytest.mark.task6_2
@@ -314,15 +324,33 @@ def test_unbiased_variance_in_layernorm_is_named():
 
 @pytest.mark.task7_4
 def test_missing_skip_gradient_in_the_layer_is_named():
+    def encoder_layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1):
+        P = params
+        X1, ln1 = mc.layernorm_forward(Z, P["ln1_gamma"], P["ln1_beta"])
+        M, mssa = mc.mssa_forward(X1, P["U"], P["W_out"], P["b_out"], scale=scale)
+        X2, ln2 = mc.layernorm_forward(Z + M, P["ln2_gamma"], P["ln2_beta"])
+        Y, ista = mc.ista_forward(X2, P["D"], eta=eta, lam=lam)
+        return Y, (ln1, mssa, ln2, ista)
+
     def encoder_layer_backward(dY, cache):
-        from minicrate.encoder import encoder_layer_backward as ref
+        ln1, mssa, ln2, ista = cache
+        dX2, g_ista = mc.ista_backward(dY, ista)
+        dZ_half, g_ln2 = mc.layernorm_backward(dX2, ln2)
+        dX1, g_mssa = mc.mssa_backward(dZ_half, mssa)
+        dZ, g_ln1 = mc.layernorm_backward(dX1, ln1)  # forgot "+ dZ_half" (the skip)
+        grads = {
+            "ln1_gamma": g_ln1["gamma"],
+            "ln1_beta": g_ln1["beta"],
+            **g_mssa,
+            "ln2_gamma": g_ln2["gamma"],
+            "ln2_beta": g_ln2["beta"],
+            "D": g_ista["D"],
+        }
+        return dZ, grads
 
-        dZ, grads = ref(dY, cache)
-        dZ_half = mc.layernorm_backward(mc.ista_backward(dY, cache["ista"])[0], cache["ln2"])[0]
-        return dZ - dZ_half, grads
-
-    result = check("7.4", encoder_layer_backward)
+    result = check("7.4", encoder_layer_backward, forward=encoder_layer_forward)
     assert "you kept only the branch" in _hints(result)
+    assert sum(not p.passed for p in result.properties) == 2  # dZ and the FD check only
 
 
 # --------------------------------------------------------------------------
