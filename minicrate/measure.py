@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import namespace, to_numpy
+from .backend import device_of, host_to, namespace, to_numpy
 from .model import forward, intermediates
 from .rates import measured_compression_rate, nonzero_fraction
 from .validate import finite_checks
@@ -39,12 +39,12 @@ def layerwise(params, config, images, *, batch_size=250, eps_sq=0.01):
         ``nonzero_std`` (Python floats), and ``n_images``.
     """
     xp = namespace(params["head.W"])
-    dtype = params["head.W"].dtype
+    dtype, device = params["head.W"].dtype, device_of(params["head.W"])
     per_rc = [[] for _ in range(config.depth)]
     per_nz = [[] for _ in range(config.depth)]
     with finite_checks(False):
         for start in range(0, len(images), batch_size):
-            xb = xp.asarray(np.ascontiguousarray(images[start : start + batch_size]), dtype=dtype)
+            xb = host_to(xp, images[start : start + batch_size], dtype, device)
             _, cache = forward(params, xb, config)
             inter = intermediates(cache)
             for layer in range(config.depth):
@@ -109,7 +109,8 @@ def attention_maps(params, config, images, *, layer=-1):
         model's predicted classes ``(n,)``.
     """
     xp = namespace(params["head.W"])
-    xb = xp.asarray(np.ascontiguousarray(images), dtype=params["head.W"].dtype)
+    W = params["head.W"]
+    xb = host_to(xp, images, W.dtype, device_of(W))
     with finite_checks(False):
         logits, cache = forward(params, xb, config)
     if not -config.depth <= layer < config.depth:

@@ -47,7 +47,7 @@ from . import checkpoint as ckpt
 from .augment import batch_rng, random_shift
 from .backend import get_backend, host_to, to_numpy
 from .model import CRATEConfig, forward, init_params, loss_and_grads, param_count, preset
-from .optim import clip_by_global_norm, make_optimizer
+from .optim import clip_by_global_norm, global_norm, make_optimizer
 from .schedule import warmup_cosine
 from .validate import finite_checks
 
@@ -181,16 +181,16 @@ def evaluate(params, config: CRATEConfig, images, labels, *, batch_size=500):
     Returns:
         ``{"accuracy", "loss", "predictions"}`` (predictions a NumPy array).
     """
-    from .backend import namespace
+    from .backend import device_of, namespace
     from .loss import cross_entropy_forward
 
     xp = namespace(params["head.W"])
-    dtype = params["head.W"].dtype
+    dtype, device = params["head.W"].dtype, device_of(params["head.W"])
     preds, total_loss = [], 0.0
     with finite_checks(False):
         for start in range(0, len(images), batch_size):
-            xb = xp.asarray(np.ascontiguousarray(images[start : start + batch_size]), dtype=dtype)
-            yb = host_to(xp, labels[start : start + batch_size], "int64")
+            xb = host_to(xp, images[start : start + batch_size], dtype, device)
+            yb = host_to(xp, labels[start : start + batch_size], "int64", device)
             logits, _ = forward(params, xb, config)
             loss, _ = cross_entropy_forward(logits, yb, smoothing=config.label_smoothing)
             total_loss += float(loss) * xb.shape[0]
@@ -449,14 +449,12 @@ def _train(
                     _diverged(f"loss is {loss} at {where}", ck_file, write_metrics, plot, bar)
                 if tc.clip is not None:
                     grads, gnorm = clip_by_global_norm(grads, tc.clip)
-                    if not math.isfinite(gnorm):
-                        _diverged(
-                            f"gradient norm is {gnorm} at {where}",
-                            ck_file,
-                            write_metrics,
-                            plot,
-                            bar,
-                        )
+                else:
+                    gnorm = global_norm(grads)
+                if not math.isfinite(gnorm):
+                    _diverged(
+                        f"gradient norm is {gnorm} at {where}", ck_file, write_metrics, plot, bar
+                    )
                 optimizer.step(params, grads, lr=lr)
                 running["loss_sum"] += loss * len(idx)
                 running["correct"] += int(

@@ -109,7 +109,8 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp
     assert result["status"] == "completed" and result["steps"] == 3 * STEPS_PER_EPOCH
 
 
-def test_non_finite_gradient_norm_also_stops(tmp_path, monkeypatch):
+@pytest.mark.parametrize("clip", [1.0, None])
+def test_non_finite_gradient_norm_also_stops(tmp_path, monkeypatch, clip):
     real = train_module.loss_and_grads
 
     def inf_grads(params, images, labels, config):
@@ -121,7 +122,7 @@ def test_non_finite_gradient_norm_also_stops(tmp_path, monkeypatch):
     with pytest.raises(
         TrainingDiverged, match="gradient norm is (inf|nan) at step 1 .*no checkpoint"
     ):
-        train(TINY, _tc(epochs=1), tmp_path, progress=False, log=_quiet)
+        train(TINY, _tc(epochs=1, clip=clip), tmp_path, progress=False, log=_quiet)
 
 
 def test_resume_refuses_a_different_run(tmp_path):
