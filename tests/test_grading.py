@@ -57,7 +57,6 @@ def test_reference_solution_passes_every_property(task_id):
     assert result.passed, str(result)
     assert result.score == 1.0 and result.status == "passed"
     assert len(result.properties) >= 2
-    assert result.seconds < 20  # a few tenths of a second when the machine is idle
 
 
 def test_cases_are_deterministic_and_seedable(monkeypatch):
