@@ -184,7 +184,8 @@ def measure_run(
     png = plot_layerwise(
         result,
         os.path.join(out_dir, "measure.png"),
-        title=f"CRATE on {split.name}: layer-wise R^c and sparsity, {len(images)} {subset} images",
+        title=f"CRATE on {split.name}: layer-wise $R^c$ and sparsity, "
+        f"{len(images)} {subset} images",
     )
     return result, json_path, png
 
