@@ -335,8 +335,9 @@ class MinicrateRunner:
 
     label = "minicrate"
 
-    def __init__(self, name, dtype, backend="numpy", seed=0, params=None):
+    def __init__(self, name, dtype, backend="numpy", seed=0, params=None, fast=None):
         self.config = make_config(name, dtype)
+        self.options = {} if fast is None else {"fast": fast}  # None: minicrate's default path
         self.xp = get_backend(backend)
         self.backend = backend
         self.params = params if params is not None else mc_model.init_params(
@@ -352,13 +353,14 @@ class MinicrateRunner:
             self.sync = lambda: None
 
     def forward(self):
-        logits, cache = mc_model.forward(self.params, self.images, self.config)
+        logits, cache = mc_model.forward(self.params, self.images, self.config, **self.options)
         loss, _ = cross_entropy_forward(logits, self.labels, smoothing=self.config.label_smoothing)
         self.sync()
         return loss, cache
 
     def fwd_bwd(self):
-        loss, grads, _ = mc_model.loss_and_grads(self.params, self.images, self.labels, self.config)
+        loss, grads, _ = mc_model.loss_and_grads(self.params, self.images, self.labels, self.config,
+                                                   **self.options)
         self.sync()
         return loss, grads
 

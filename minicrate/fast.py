@@ -1,0 +1,291 @@
+r"""The encoder layer, fused for speed and memory (official form; issue 8).
+
+Same mathematics as :func:`minicrate.encoder.encoder_layer_forward` /
+:func:`~minicrate.encoder.encoder_layer_backward` (spec §2.3, §3.2, §3.3,
+§8.2–8.5), which stay the readable reference; ``tests/test_fastpaths.py``
+checks this file against them.  What is different, and why:
+
+1. **Big products on flattened tokens.**  Every per-token map is one matrix
+   product on the ``(B·N, d)`` rows: ``w = X U`` with ``U`` as the
+   ``(d, K·p)`` matrix ``[U_1 … U_K]`` (not ``B·K`` small products), the
+   output map, ISTA's two products, and every parameter gradient (one
+   ``Xᵀ Ȳ`` product instead of a per-sample stack summed afterwards).
+2. **Contiguous per-head layout.**  ``w`` is copied once into ``(B·K, N, p)``
+   so the per-head products run on contiguous blocks.
+3. **ISTA in two products**, ``P = X + η(X − XDᵀ)D − ηλ``, and its backward in
+   three: ``V = P̄Dᵀ``, ``X̄ = P̄ + η(V − VD)``, ``Xᵀ P̄`` for ``D̄``.
+4. **One product for the shared query/key.**  ``S = s w wᵀ`` is symmetric, so
+   the score gradient enters once as ``s(S̄ + S̄ᵀ) w``.
+5. **The attention is stored transposed.**  Because ``S`` is symmetric, the
+   maximum and the sum of each *row* are those of each *column*, and the
+   column reductions and broadcasts run along NumPy's fast (contiguous) axis.
+   We keep ``Aᵀ`` (``At``) and use ``A = Atᵀ`` in the products.  (With the
+   causal mask the masked ``S`` is not symmetric, but ``Aᵀ`` is still the
+   column-softmax of ``S`` masked by the transposed mask.)
+6. **The cache holds only what backward needs**: the layer input ``Z`` (also
+   the previous layer's output, so shared), LayerNorm statistics, ``w``, the
+   attention, the normalised ISTA input and the output ``Y`` (whose sign is
+   ReLU's mask).  Everything cheap — LN₁'s output, the head outputs ``O``, the
+   ISTA input ``X`` — is recomputed in backward.
+7. **In place where safe**: only on arrays this module just created, never on
+   inputs, parameters or cached arrays (so backward can run twice).
+
+Tokens are rows (``Z_paper = Zᵀ``).  Only the official form is fused
+(learned ``W_out``, pre-LayerNorm); :func:`supports` says when a layer can use it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .backend import device_of, namespace
+from .validate import check_array, check_heads, check_positive, check_same_kind
+
+FAST_KEYS = ("ln1_gamma", "ln1_beta", "U", "W_out", "b_out", "ln2_gamma", "ln2_beta", "D")
+
+
+def supports(*, tie_out=False, use_layernorm=True, **_):
+    """True when :func:`layer_forward` implements the layer with these switches."""
+    return not tie_out and use_layernorm
+
+
+# --- small helpers --------------------------------------------------------------------------
+
+def _normalise(xp, X, eps):
+    r"""LayerNorm without the affine part on rows ``X`` (M, d): returns
+    ``(X̂, mu, inv_std)`` with ``X̂ = (X − μ)·inv_std`` a new array and
+    ``mu, inv_std`` of shape (M, 1)."""
+    d = X.shape[-1]
+    mu = xp.mean(X, axis=-1, keepdims=True)
+    Xh = X - mu
+    var = xp.vecdot(Xh, Xh, axis=-1) / d
+    inv = 1.0 / xp.sqrt(xp.expand_dims(var, axis=-1) + eps)
+    Xh *= inv
+    return Xh, mu, inv
+
+
+def _affine(Xh, gamma, beta):
+    """γ ⊙ X̂ + β as a new array."""
+    Y = Xh * gamma
+    Y += beta
+    return Y
+
+
+def _layernorm_backward(xp, dY, Xh, inv, gamma):
+    r"""Backward of LayerNorm on rows (spec §8.4); returns ``(dX, dgamma, dbeta)``.
+
+    dX = inv·(ĝ − mean(ĝ) − X̂·mean(ĝ⊙X̂)) with ĝ = γ⊙Ȳ; ``dY`` is not modified."""
+    d = dY.shape[-1]
+    dgamma = xp.sum(dY * Xh, axis=0)
+    dbeta = xp.sum(dY, axis=0)
+    g = dY * gamma
+    m2 = xp.expand_dims(xp.vecdot(g, Xh, axis=-1) / d, axis=-1)
+    g -= xp.mean(g, axis=-1, keepdims=True)
+    g -= Xh * m2
+    g *= inv
+    return g, dgamma, dbeta
+
+
+def _to_heads(xp, T, Bf, N, K, p):
+    """(Bf·N, K·p) rows -> contiguous (Bf·K, N, p) per-head blocks (one copy)."""
+    return xp.reshape(xp.permute_dims(xp.reshape(T, (Bf, N, K, p)), (0, 2, 1, 3)), (Bf * K, N, p))
+
+
+def _to_tokens(xp, T, Bf, N, K, p):
+    """(Bf·K, N, p) per-head blocks -> contiguous (Bf·N, K·p) rows (one copy)."""
+    return xp.reshape(xp.permute_dims(xp.reshape(T, (Bf, K, N, p)), (0, 2, 1, 3)), (Bf * N, K * p))
+
+
+def _bases_matrix(xp, U):
+    """U (K, d, p) -> [U_1 … U_K] (d, K·p)."""
+    K, d, p = U.shape
+    return xp.reshape(xp.permute_dims(U, (1, 0, 2)), (d, K * p))
+
+
+def _softmax_transposed(xp, S, causal):
+    r"""``At = softmax_row(S)ᵀ`` for symmetric scores ``S`` (..., N, N) (consumed).
+
+    Column ``i`` of ``At`` is row ``i`` of the attention: its maximum and sum
+    are taken over axis −2 (for symmetric S the column max is the row max).
+    With ``causal``, row ``i`` may attend to ``j <= i``, i.e. ``At[j, i]`` is
+    kept for ``j <= i`` (upper triangle)."""
+    N = S.shape[-1]
+    if causal:
+        idx = xp.arange(N, device=device_of(S))
+        keep = idx[:, None] <= idx[None, :]
+        S = xp.where(keep, S, xp.asarray(-xp.inf, dtype=S.dtype, device=device_of(S)))
+    S -= xp.max(S, axis=-2, keepdims=True)
+    At = xp.exp(S)
+    del S
+    At /= xp.sum(At, axis=-2, keepdims=True)
+    return At
+
+
+# --- the layer ------------------------------------------------------------------------------
+
+class FastLayerCache(dict):
+    """What :func:`layer_backward` needs, plus the white-box read-outs of the plain
+    cache on demand: ``"mssa_input"`` (LN₁(Z), recomputed), ``"ista_output"``
+    (the output Y), ``"mssa"`` (``{"A": attention}``) and ``"params"``."""
+
+    def __missing__(self, key):
+        xp = namespace(self["Z"])
+        if key == "mssa_input":
+            Z2 = xp.reshape(self["Z"], (-1, self["Z"].shape[-1]))
+            X1 = _affine((Z2 - self["mu1"]) * self["inv1"], self["params"]["ln1_gamma"],
+                         self["params"]["ln1_beta"])
+            return xp.reshape(X1, self["Z"].shape)
+        if key == "ista_output":
+            return self["Y"]
+        if key == "mssa":
+            At = self["At"]
+            A = xp.matrix_transpose(At)
+            return {"A": xp.reshape(A, (*self["Z"].shape[:-2], self["K"], *A.shape[-2:]))}
+        raise KeyError(key)
+
+
+def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_eps=1e-5, **unused):
+    r"""One official-form CRATE layer, fused (spec §3.3):
+    :math:`Z^{\ell+1/2} = Z + \mathrm{MSSA}(\mathrm{LN}_1(Z))`,
+    :math:`Y = \mathrm{ReLU}(X + \eta(X - XD^\top)D - \eta\lambda)`, :math:`X = \mathrm{LN}_2(Z^{\ell+1/2})`.
+
+    Args:
+        Z: tokens ``(..., N, d)``.
+        params: ``ln1_gamma, ln1_beta`` ``(d,)``, ``U`` ``(K, d, p)``, ``W_out``
+            ``(d, K·p)``, ``b_out`` ``(d,)`` (optional), ``ln2_gamma, ln2_beta``, ``D`` ``(d, d)``.
+        scale: softmax temperature (``None`` → 1/√p); causal: mask future tokens;
+        eta, lam: ISTA step and threshold weight; ln_eps: LayerNorm ε.
+        unused: the plain layer's other switches; they must have their official values
+            (``tie_out=False, use_layernorm=True``).
+
+    Returns:
+        ``(Y, cache)`` with Y of Z's shape; ``cache`` is a :class:`FastLayerCache`.
+    """
+    if not supports(**unused):
+        raise ValueError(f"the fused layer implements the official form only, got {unused}")
+    check_array(Z, "Z", min_ndim=2)
+    U, W_out, D = params["U"], params["W_out"], params["D"]
+    b_out = params.get("b_out")
+    *lead, N, d = Z.shape
+    K, p = check_heads(U, d)
+    check_same_kind(Z=Z, U=U, W_out=W_out, D=D, b_out=b_out)
+    check_array(W_out, "W_out", shape=(d, K * p), ndim=2, finite=False)
+    check_array(D, "D", shape=(d, d), ndim=2, finite=False)
+    scale = 1.0 / math.sqrt(p) if scale is None else check_positive(scale, "scale")
+    xp = namespace(Z, U)
+    Z2 = xp.reshape(Z, (-1, d))
+    Bf = Z2.shape[0] // N
+
+    # MSSA on X1 = LN1(Z): one product for w, per-head scores and outputs, one output map.
+    Xh1, mu1, inv1 = _normalise(xp, Z2, ln_eps)
+    X1 = Xh1
+    X1 *= params["ln1_gamma"]
+    X1 += params["ln1_beta"]
+    Wh = _to_heads(xp, X1 @ _bases_matrix(xp, U), Bf, N, K, p)  # (Bf·K, N, p)
+    del X1, Xh1
+    S = Wh @ xp.matrix_transpose(Wh)
+    S *= scale
+    At = _softmax_transposed(xp, S, causal)  # Aᵀ, (Bf·K, N, N)
+    H = _to_tokens(xp, xp.matrix_transpose(At) @ Wh, Bf, N, K, p)  # (Bf·N, K·p)
+    Zh = H @ xp.matrix_transpose(W_out)
+    del H
+    if b_out is not None:
+        Zh += b_out
+    Zh += Z2  # Z^{l+1/2}
+
+    # ISTA on X2 = LN2(Z^{l+1/2}), two products.
+    Xh2, _, inv2 = _normalise(xp, Zh, ln_eps)
+    del Zh
+    X2 = _affine(Xh2, params["ln2_gamma"], params["ln2_beta"])
+    R = X2 @ xp.matrix_transpose(D)
+    R -= X2  # X Dᵀ − X
+    P = R @ D  # (X Dᵀ − X) D
+    del R
+    P *= -eta
+    P += X2
+    P -= eta * lam
+    del X2
+    Y = xp.maximum(P, xp.zeros((), dtype=P.dtype, device=device_of(P)))
+    del P
+    Y = xp.reshape(Y, Z.shape)
+    cache = FastLayerCache(Z=Z, mu1=mu1, inv1=inv1, Wh=Wh, At=At, Xh2=Xh2, inv2=inv2, Y=Y,
+                           params=params, scale=scale, eta=eta, K=K, dims=(Bf, N, K, p, d),
+                           has_bias=b_out is not None)
+    return Y, cache
+
+
+def layer_backward(dY, cache):
+    r"""Backward of :func:`layer_forward` (spec §8.2–8.5, row convention).
+
+    ISTA: :math:`\bar P = \bar Y\odot 1[Y>0]`, :math:`V = \bar PD^\top`,
+    :math:`\bar X = \bar P + \eta(V - VD)`, :math:`\bar D = \eta[G - D(G+G^\top)]`, :math:`G = X^\top\bar P`.
+    MSSA: :math:`\bar A = \bar O w^\top`, :math:`\bar S = A\odot(\bar A - \mathrm{rowsum}(A\odot\bar A))`,
+    :math:`\bar w = A^\top\bar O + s(\bar S + \bar S^\top)w`, :math:`\bar U = X_1^\top\bar w`,
+    :math:`\bar X_1 = \bar w U^\top`; both LayerNorms by §8.4; the skip adds :math:`\bar Z^{\ell+1/2}`.
+
+    Returns:
+        ``(dZ, grads)``, grads keyed like the layer's params (``b_out`` only if present).
+    """
+    params = cache["params"]
+    Bf, N, K, p, d = cache["dims"]
+    U, W_out, D = params["U"], params["W_out"], params["D"]
+    Z, Y, Wh, At, Xh2 = cache["Z"], cache["Y"], cache["Wh"], cache["At"], cache["Xh2"]
+    eta, scale = cache["eta"], cache["scale"]
+    xp = namespace(dY, D)
+    zero = xp.zeros((), dtype=dY.dtype, device=device_of(dY))
+    grads = {}
+
+    # ISTA (its input X2 is recomputed from the cached normalised Zh).
+    dP = xp.where(xp.reshape(Y, (-1, d)) > 0, xp.reshape(dY, (-1, d)), zero)
+    X2 = _affine(Xh2, params["ln2_gamma"], params["ln2_beta"])
+    G = xp.matrix_transpose(X2) @ dP
+    del X2
+    grads["D"] = eta * (G - D @ (G + xp.matrix_transpose(G)))
+    V = dP @ xp.matrix_transpose(D)
+    dX2 = V @ D
+    dX2 -= V  # V D − V
+    del V
+    dX2 *= -eta
+    dX2 += dP  # P̄ + η(V − V D)
+    del dP
+    dZh, grads["ln2_gamma"], grads["ln2_beta"] = _layernorm_backward(xp, dX2, Xh2, cache["inv2"],
+                                                                     params["ln2_gamma"])
+    del dX2
+
+    # MSSA: output map, then the per-head attention, then w = X1 U.
+    A = xp.matrix_transpose(At)
+    H = _to_tokens(xp, A @ Wh, Bf, N, K, p)
+    grads["W_out"] = xp.matrix_transpose(dZh) @ H
+    del H
+    if cache["has_bias"]:
+        grads["b_out"] = xp.sum(dZh, axis=0)
+    dO = _to_heads(xp, dZh @ W_out, Bf, N, K, p)  # (Bf·K, N, p)
+    dAt = Wh @ xp.matrix_transpose(dO)  # Āᵀ
+    dSt = At * dAt  # (A ⊙ Ā)ᵀ
+    dAt -= xp.sum(dSt, axis=-2, keepdims=True)  # Āᵀ − rowsum(A ⊙ Ā) as a row broadcast
+    dAt *= At  # S̄ᵀ
+    del dSt
+    dSym = dAt + xp.matrix_transpose(dAt)  # S̄ + S̄ᵀ
+    del dAt
+    dSym *= scale
+    dWh = At @ dO  # Aᵀ Ō
+    del dO
+    dWh += dSym @ Wh
+    del dSym
+    dWf = _to_tokens(xp, dWh, Bf, N, K, p)  # (Bf·N, K·p)
+    del dWh
+    Z2 = xp.reshape(Z, (-1, d))
+    Xh1 = Z2 - cache["mu1"]
+    Xh1 *= cache["inv1"]
+    X1 = _affine(Xh1, params["ln1_gamma"], params["ln1_beta"])
+    dU = xp.matrix_transpose(X1) @ dWf  # (d, K·p)
+    del X1
+    grads["U"] = xp.permute_dims(xp.reshape(dU, (d, K, p)), (1, 0, 2))
+    dX1 = dWf @ xp.matrix_transpose(_bases_matrix(xp, U))
+    del dWf
+    dZ, grads["ln1_gamma"], grads["ln1_beta"] = _layernorm_backward(xp, dX1, Xh1, cache["inv1"],
+                                                                    params["ln1_gamma"])
+    del dX1
+    dZ += dZh  # the skip
+    grads = {k: grads[k] if k in grads else xp.zeros_like(v) for k, v in params.items()}
+    return xp.reshape(dZ, dY.shape), grads
