@@ -124,6 +124,7 @@ def run_form(form, budget, out, *, corpus, t_start, progress, log):
         "curve": [(h["step"], round(h["train_loss"], 4), round(h["val_loss"], 4))
                   for h in result["history"]],
         "unigram_val_cross_entropy": metrics["unigram_val_cross_entropy"],
+        "bigram_val_cross_entropy": metrics["bigram_val_cross_entropy"],
         "val_plays": metrics["val_plays"],
     }
     if form == "causal":
@@ -172,7 +173,8 @@ def main(argv=None):
     for form, r in results.items():
         log(f"\n== {form}: {r['steps_done']} steps, {r['wall_time_s']:.0f} s wall "
             f"({r['cpu_time_s']:.0f} s CPU), validation {r['val_loss']:.3f} nats/char "
-            f"(unigram {r['unigram_val_cross_entropy']:.2f})")
+            f"(unigram {r['unigram_val_cross_entropy']:.2f}, bigram "
+            f"{r['bigram_val_cross_entropy']:.2f})")
         points = ", ".join(f"({s}, {a}, {b})" for s, a, b in r["curve"])
         log(f"   curve (step, train, val): {points}")
         if form == "causal":

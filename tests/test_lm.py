@@ -296,6 +296,7 @@ def test_train_lm_resume_continues_the_same_run(tmp_path, three_plays):
     assert [h["step"] for h in metrics["history"]] == [3, 6]
     assert metrics["val_loss"] == full["val_loss"] and "sample" in metrics
     assert 3.0 < metrics["unigram_val_cross_entropy"] < 3.6
+    assert 2.0 < metrics["bigram_val_cross_entropy"] < metrics["unigram_val_cross_entropy"]
     assert (tmp_path / "full" / "curves.png").stat().st_size > 1000
     params, config, vocab, _ = load_run(tmp_path / "full")
     assert config.form == "causal" and vocab == three_plays.vocab

@@ -153,6 +153,19 @@ def unigram_cross_entropy(corpus):
     return float(-np.log(u[corpus.val]).mean())
 
 
+def bigram_cross_entropy(corpus, alpha=1.0):
+    """Cross-entropy (nats/char) on the validation text of a bigram model counted on
+    the training text (add-``alpha`` smoothing): the loss of a model that looks at the
+    previous character only (about 2.5)."""
+    import numpy as np
+
+    V = corpus.vocab.size
+    counts = np.full((V, V), alpha)
+    np.add.at(counts, (corpus.train[:-1], corpus.train[1:]), 1.0)
+    logp = np.log(counts / counts.sum(axis=1, keepdims=True))
+    return float(-logp[corpus.val[:-1], corpus.val[1:]].mean())
+
+
 # ----------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------
@@ -265,6 +278,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
     val = validation_set(corpus, mc, tc.eval_windows, tc.split_seed)
     baseline_char = int(np.argmax(corpus.unigram()))
     unigram_ce = unigram_cross_entropy(corpus)
+    bigram_ce = bigram_cross_entropy(corpus)
     t0 = time.perf_counter()
     wall = lambda: wall_before + (time.perf_counter() - t0)
 
@@ -287,7 +301,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
             "val_plays": corpus.val_plays, "n_train_chars": int(corpus.train.size),
             "n_val_chars": int(corpus.val.size), "steps": step, "steps_per_epoch": steps_per_epoch,
             "epochs": step / steps_per_epoch, "wall_time_s": wall(),
-            "unigram_val_cross_entropy": unigram_ce,
+            "unigram_val_cross_entropy": unigram_ce, "bigram_val_cross_entropy": bigram_ce,
             "most_frequent_char": corpus.vocab.chars[baseline_char],
             "val_loss": last.get("val_loss"), "history": history,
         }
@@ -302,8 +316,9 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
     def plot():
         if history:
             plot_lm_curves(history, os.path.join(out_dir, CURVES), form=mc.form,
-                           unigram=unigram_ce, title=f"{mc.form} CRATE on Shakespeare "
-                           f"({lm.param_count(mc):,} parameters)")
+                           unigram=unigram_ce, bigram=bigram_ce,
+                           title=f"{mc.form} CRATE on Shakespeare "
+                                 f"({lm.param_count(mc):,} parameters)")
 
     def evaluate_now(final):
         result = evaluate(params, mc, val, baseline_char=baseline_char)
@@ -391,7 +406,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
             "wall_time_s": metrics["wall_time_s"], "status": status}
 
 
-def plot_lm_curves(history, path, *, form, unigram=None, title="language model"):
+def plot_lm_curves(history, path, *, form, unigram=None, bigram=None, title="language model"):
     """Train/validation loss per step (and masked accuracy vs baseline) as a PNG."""
     from ..plotting import _figure, _save
 
@@ -404,6 +419,8 @@ def plot_lm_curves(history, path, *, form, unigram=None, title="language model")
     ax1.plot(steps, [h["val_loss"] for h in history], "s-", ms=3, label="validation plays")
     if unigram is not None and not masked:
         ax1.axhline(unigram, color="gray", ls="--", lw=1, label=f"unigram {unigram:.2f}")
+    if bigram is not None and not masked:
+        ax1.axhline(bigram, color="gray", ls=":", lw=1, label=f"bigram {bigram:.2f}")
     best = min(h["val_loss"] for h in history)
     ax1.set(xlabel="step", ylabel="cross-entropy (nats/char)",
             title=f"loss (best validation {best:.3f})")
@@ -432,7 +449,7 @@ def model_config_for(vocab_size, args_or_dict):
     a = args_or_dict if isinstance(args_or_dict, dict) else vars(args_or_dict)
     return LMConfig(vocab_size=vocab_size, form=a["form"], context=a["context"], dim=a["dim"],
                     depth=a["depth"], heads=a["heads"], tie_embedding=not a["untied_head"],
-                    dtype=a["dtype"])
+                    eta=a.get("eta", 0.1), lam=a.get("lam", 0.1), dtype=a["dtype"])
 
 
 def add_arguments(p):
@@ -447,6 +464,8 @@ def add_arguments(p):
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--untied-head", action="store_true", help="a separate head matrix")
+    p.add_argument("--eta", type=float, default=0.1, help="ISTA step size η (official 0.1)")
+    p.add_argument("--lam", type=float, default=0.1, help="ISTA sparsity weight λ (official 0.1)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min-lr", type=float, default=2e-4)
     p.add_argument("--warmup-steps", type=int, default=100)
