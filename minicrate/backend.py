@@ -15,6 +15,33 @@ Every other module in minicrate takes arrays and asks them for their namespace
 * :func:`random_normal` / :func:`random_uniform` -- seeded random numbers that
   are *identical on every backend*: they are drawn on the host with NumPy's
   ``default_rng(seed)`` and then moved to the target backend and device.
+
+Determinism (what one seed does and does not pin down; the first three points
+are tested in ``tests/test_numerics.py``, training's in ``tests/test_train.py``):
+
+* **Initial parameters and random draws** are identical on every backend and
+  device: they are drawn on the host in float64 and only then cast and moved.
+* **NumPy** is deterministic: the same seed and inputs give bit-identical
+  losses, gradients and parameters run after run on one machine.  Results can
+  differ in the last bits on another machine or BLAS build (OpenBLAS vs MKL,
+  AVX2 vs AVX-512 kernels) or with another BLAS thread count, which changes
+  the order of floating-point sums.  ``array_api_strict`` runs NumPy
+  underneath and gives the same bits as NumPy.
+* **torch on CPU** is run-to-run deterministic for every operation minicrate
+  uses (matrix products, sums, QR; no scatter or atomics -- the embedding's
+  backward is a one-hot product), but uses other kernels than NumPy: results
+  agree with NumPy to rounding (~1 ulp per operation, 1e-7 relative in
+  float32), not bit for bit.
+* **CUDA (torch, CuPy)**: cuBLAS and cuSOLVER give the same bits run to run on
+  one GPU model with one library version, and minicrate uses no atomic
+  scatter-adds; but this is not guaranteed across GPU models, CUDA versions,
+  or with several streams (torch needs ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` and
+  ``torch.use_deterministic_algorithms(True)`` to promise it).  Expect
+  agreement with NumPy to rounding only; over a long training run rounding
+  differences grow, so two backends' runs drift apart while reaching the same
+  accuracy.  (torch keeps TF32 off for float32 matrix products by default; if
+  you turn ``torch.backends.cuda.matmul.allow_tf32`` on, float32 products
+  keep only ~10 mantissa bits.)
 """
 
 from __future__ import annotations
@@ -120,6 +147,10 @@ def to_numpy(x):
         return None
     if isinstance(x, np.ndarray):
         return x
+    if not array_api_compat.is_array_api_obj(x):
+        raise TypeError(
+            f"to_numpy needs an array (NumPy, CuPy, torch, array_api_strict), got {type(x).__name__}"
+        )
     if array_api_compat.is_cupy_array(x):
         return x.get()
     if array_api_compat.is_torch_array(x):

@@ -12,7 +12,14 @@ from __future__ import annotations
 from .backend import namespace
 from .functional import linear_backward, linear_forward
 from .layernorm import layernorm_backward, layernorm_forward
-from .validate import check_array
+from .validate import (
+    check_array,
+    check_cache,
+    check_cotangent,
+    check_int,
+    check_keys,
+    check_same_kind,
+)
 
 EMBED_KEYS = ("ln_in_gamma", "ln_in_beta", "W", "b", "ln_out_gamma", "ln_out_beta")
 
@@ -24,8 +31,8 @@ def patchify(images, patch_size):
     """
     check_array(images, "images", ndim=4)
     B, C, H, W = images.shape
-    P = int(patch_size)
-    if P < 1 or H % P or W % P:
+    P = check_int(patch_size, "patch_size", minimum=1)
+    if H % P or W % P:
         raise ValueError(
             f"image size {H}x{W} must be divisible by patch_size {patch_size} "
             f"(images have shape {tuple(images.shape)})"
@@ -38,10 +45,18 @@ def patchify(images, patch_size):
 
 def unpatchify(patches, patch_size, channels, height, width):
     """Inverse of :func:`patchify`: ``(B, Np, P·P·C)`` -> ``(B, C, H, W)``."""
-    xp = namespace(patches)
-    P, C = int(patch_size), int(channels)
+    check_array(patches, "patches", ndim=3)
+    P = check_int(patch_size, "patch_size", minimum=1)
+    C = check_int(channels, "channels", minimum=1)
+    height, width = check_int(height, "height", minimum=1), check_int(width, "width", minimum=1)
     B = patches.shape[0]
     h, w = height // P, width // P
+    if height % P or width % P or tuple(patches.shape[1:]) != (h * w, P * P * C):
+        raise ValueError(
+            f"patches must have shape (B, {h * w}, {P * P * C}) for {C}-channel "
+            f"{height}x{width} images cut into {P}x{P} patches (sizes divisible by {P}), got {tuple(patches.shape)}"
+        )
+    xp = namespace(patches)
     x = xp.reshape(patches, (B, h, w, P, P, C))
     x = xp.permute_dims(x, (0, 5, 1, 3, 2, 4))  # B, C, h, p1, w, p2
     return xp.reshape(x, (B, C, h * P, w * P))
@@ -58,6 +73,7 @@ def patch_embed_forward(patches, params, *, ln_eps=1e-5):
     Returns:
         ``(tokens, cache)``, tokens ``(B, Np, d)``.
     """
+    check_keys(params, EMBED_KEYS)
     X, c1 = layernorm_forward(patches, params["ln_in_gamma"], params["ln_in_beta"], eps=ln_eps)
     T, c2 = linear_forward(X, params["W"], params["b"])
     Y, c3 = layernorm_forward(T, params["ln_out_gamma"], params["ln_out_beta"], eps=ln_eps)
@@ -66,7 +82,7 @@ def patch_embed_forward(patches, params, *, ln_eps=1e-5):
 
 def patch_embed_backward(dY, cache):
     """Backward of :func:`patch_embed_forward` -> ``(dpatches, grads)``."""
-    c1, c2, c3 = cache
+    c1, c2, c3 = check_cache(cache, "patch_embed_forward", length=3)
     dT, g3 = layernorm_backward(dY, c3)
     dX, g2 = linear_backward(dT, c2)
     dP, g1 = layernorm_backward(dX, c1)
@@ -88,8 +104,13 @@ def add_cls_pos_forward(tokens, cls_token, pos_embedding):
     Returns:
         ``(Z, cache)``: Z ``(B, Np + 1, d)``.
     """
-    xp = namespace(tokens, pos_embedding)
+    check_array(tokens, "tokens", ndim=3)
     B, Np, d = tokens.shape
+    if cls_token is not None:
+        check_array(cls_token, "cls_token", ndim=1, shape=(d,))
+    check_array(pos_embedding, "pos_embedding", ndim=2)
+    check_same_kind(tokens=tokens, cls_token=cls_token, pos_embedding=pos_embedding)
+    xp = namespace(tokens, pos_embedding)
     n_total = Np + (cls_token is not None)
     if tuple(pos_embedding.shape) != (n_total, d):
         raise ValueError(
@@ -99,15 +120,20 @@ def add_cls_pos_forward(tokens, cls_token, pos_embedding):
     if cls_token is not None:
         cls = xp.broadcast_to(xp.reshape(cls_token, (1, 1, d)), (B, 1, d))
         tokens = xp.concat([cls, tokens], axis=1)
-    return tokens + pos_embedding, cls_token is not None
+    Z = tokens + pos_embedding
+    # Backward needs only has_cls; the shape and pos_embedding let it check dZ.
+    cache = {"has_cls": cls_token is not None, "shape": tuple(Z.shape), "pos_embedding": pos_embedding}
+    return Z, cache
 
 
 def add_cls_pos_backward(dZ, cache):
     """Backward of :func:`add_cls_pos_forward` -> ``(dtokens, grads)``; the
     class token gets column 0's gradient summed over the batch, the positional
     embedding the token gradient summed over the batch (spec §8.6)."""
+    check_cache(cache, "add_cls_pos_forward", keys=("has_cls", "shape", "pos_embedding"))
+    check_cotangent(dZ, cache["shape"], cache["pos_embedding"], name="dZ")
     xp = namespace(dZ)
-    has_cls = cache
+    has_cls = cache["has_cls"]
     grads = {"pos_embedding": xp.sum(dZ, axis=0)}
     if has_cls:
         grads["cls_token"] = xp.sum(dZ[:, 0, :], axis=0)

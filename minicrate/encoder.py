@@ -26,6 +26,7 @@ from .backend import namespace
 from .ista import ista_backward, ista_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .mssa import mssa_backward, mssa_forward
+from .validate import check_array, check_cache, check_cotangent, check_keys, check_positive
 
 LAYER_KEYS = ("ln1_gamma", "ln1_beta", "U", "W_out", "b_out", "ln2_gamma", "ln2_beta", "D")
 
@@ -34,12 +35,6 @@ def _norm(X, params, which, use_layernorm, ln_eps):
     if not use_layernorm:
         return X, None
     return layernorm_forward(X, params[f"{which}_gamma"], params[f"{which}_beta"], eps=ln_eps)
-
-
-def _missing_keys(params, needed):
-    missing = [k for k in needed if k not in params]
-    if missing:
-        raise ValueError(f"params is missing {missing}; a layer needs the keys {list(needed)}")
 
 
 def encoder_layer_forward(Z, params, *, scale=None, tie_out=False, use_layernorm=True, eta=0.1,
@@ -61,9 +56,11 @@ def encoder_layer_forward(Z, params, *, scale=None, tie_out=False, use_layernorm
         LN₁(Z) (the paper's R^c measurement point) and ``cache["mssa"]["A"]``
         the attention.
     """
+    check_array(Z, "Z", min_ndim=2)
+    check_positive(ln_eps, "ln_eps")  # checked even when unused: a bad value never goes unnoticed
     needed = ["U", "D"] + (["ln1_gamma", "ln1_beta", "ln2_gamma", "ln2_beta"] if use_layernorm else [])
     needed += [] if tie_out else ["W_out"]
-    _missing_keys(params, needed)
+    check_keys(params, needed)
     X1, ln1 = _norm(Z, params, "ln1", use_layernorm, ln_eps)
     W_out = None if tie_out else params["W_out"]
     b_out = None if tie_out else params.get("b_out")
@@ -85,6 +82,8 @@ def encoder_layer_backward(dY, cache):
     Returns:
         ``(dZ, grads)`` with grads keyed like the layer's params.
     """
+    check_cache(cache, "encoder_layer_forward", keys=("ln1", "mssa", "ln2", "ista", "params"))
+    check_cotangent(dY, cache["ista"]["X"].shape, cache["ista"]["X"])
     params = cache["params"]
     xp = namespace(dY)
     grads = {k: xp.zeros_like(v) for k, v in params.items()}

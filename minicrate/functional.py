@@ -7,7 +7,14 @@ Linear layers store their weight as ``(out, in)`` like ``torch.nn.Linear``, so
 from __future__ import annotations
 
 from .backend import namespace
-from .validate import check_array, check_same_kind
+from .validate import (
+    check_array,
+    check_cache,
+    check_cotangent,
+    check_int,
+    check_same_kind,
+    finite_checks_enabled,
+)
 
 
 def linear_forward(X, W, b=None):
@@ -23,6 +30,8 @@ def linear_forward(X, W, b=None):
     """
     check_array(X, "X", min_ndim=1)
     check_array(W, "W", ndim=2)
+    if b is not None:
+        check_array(b, "b", ndim=1)
     check_same_kind(X=X, W=W, b=b)
     if X.shape[-1] != W.shape[1]:
         raise ValueError(
@@ -47,7 +56,8 @@ def linear_backward(dY, cache):
     Returns:
         ``(dX, {"W": dW, "b": db})`` (``"b"`` only when the forward had a bias).
     """
-    X, W, has_bias = cache
+    X, W, has_bias = check_cache(cache, "linear_forward", length=3)
+    check_cotangent(dY, (*X.shape[:-1], W.shape[0]), W)
     xp = namespace(dY, W)
     dX = dY @ W
     dY2 = xp.reshape(dY, (-1, dY.shape[-1]))
@@ -58,15 +68,31 @@ def linear_backward(dY, cache):
     return dX, grads
 
 
+def _check_axis(axis, S):
+    axis = check_int(axis, "axis")
+    if not -S.ndim <= axis < S.ndim:
+        raise ValueError(f"axis {axis} is out of range for an array of shape {tuple(S.shape)}")
+    return axis
+
+
 def softmax(S, axis=-1):
     r"""Numerically stable softmax :math:`e^{s_i - \max s} / \sum_j e^{s_j - \max s}`.
 
     Subtracting the maximum changes nothing mathematically but keeps
-    ``exp`` from overflowing (logits of ±1e4 are fine).  Rows that are
-    entirely ``-inf`` (fully masked) are not supported.
+    ``exp`` from overflowing (logits of ±1e4 are fine).  ``-inf`` entries
+    are masked out (weight 0); NaN, ``+inf`` and rows that are entirely
+    ``-inf`` (nothing to normalise) raise ``ValueError``.
     """
+    check_array(S, "S", min_ndim=1, finite=False)
+    axis = _check_axis(axis, S)
     xp = namespace(S)
-    shifted = S - xp.max(S, axis=axis, keepdims=True)
+    row_max = xp.max(S, axis=axis, keepdims=True)  # NaN, +inf or a fully masked row show here
+    if finite_checks_enabled() and not bool(xp.all(xp.isfinite(row_max))):
+        raise ValueError(
+            f"S ({tuple(S.shape)}) has a row along axis {axis} containing NaN or +inf, or entirely "
+            "-inf (fully masked): its softmax is undefined"
+        )
+    shifted = S - row_max
     E = xp.exp(shifted)
     return E / xp.sum(E, axis=axis, keepdims=True)
 
@@ -75,11 +101,18 @@ def softmax_backward(dA, A, axis=-1):
     r"""Vector-Jacobian product of the softmax, spec §8.2:
     :math:`\bar S = A \odot (\bar A - \langle A, \bar A\rangle)`, the inner
     product taken along ``axis`` (each softmax row subtracts its own)."""
+    check_array(A, "A", min_ndim=1)
+    check_array(dA, "dA")
+    if tuple(dA.shape) != tuple(A.shape):
+        raise ValueError(f"dA must have the shape of A {tuple(A.shape)}, got {tuple(dA.shape)}")
+    check_same_kind(dA=dA, A=A)
+    axis = _check_axis(axis, A)
     xp = namespace(dA, A)
     return A * (dA - xp.sum(A * dA, axis=axis, keepdims=True))
 
 
 def relu(X):
     """max(X, 0)."""
+    check_array(X, "X")
     xp = namespace(X)
     return xp.where(X > 0, X, xp.zeros_like(X))

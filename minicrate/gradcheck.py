@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from .backend import asarray_like, device_of, namespace, to_numpy
 
@@ -43,7 +43,11 @@ FLOOR = 1e-6
 
 def rel_error(a, b, floor=1e-8):
     """CS231n's relative error ``max |a-b| / max(floor, |a|+|b|)`` (a float)."""
-    xp = namespace(a, b)
+    from .validate import check_array
+
+    xp = namespace(check_array(a, "a"), check_array(b, "b"))
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"a and b must have one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     scale = max(1.0, float(xp.max(xp.abs(a)))) if a.ndim else max(1.0, abs(float(a)))
     denom = xp.maximum(xp.abs(a) + xp.abs(b), asarray_like(floor * scale, a))
     return float(xp.max(xp.abs(a - b) / denom))
@@ -98,7 +102,12 @@ def _scalar(f, kwargs, cotangent):
     out = f(**kwargs)
     if isinstance(out, tuple):  # a *_forward function: (out, cache)
         out = out[0]
-    return float(xp.sum(out * cotangent))
+    squeezed = [tuple(n for n in x.shape if n != 1) for x in (out, cotangent)]
+    if squeezed[0] != squeezed[1]:  # equal up to axes of length 1, e.g. () and (1,)
+        raise ValueError(
+            f"cotangent must have the output's shape {tuple(out.shape)}, got {tuple(cotangent.shape)}"
+        )
+    return float(xp.sum(out * xp.reshape(cotangent, out.shape)))
 
 
 def numerical_vjp(f, inputs: Mapping, cotangent, name: str, *, h=DEFAULT_H, indices=None):
@@ -158,8 +167,24 @@ def check_vjp(
     """
     import numpy as np
 
-    for name, x in inputs.items():
-        if name in grads and not (hasattr(x, "dtype") and "float64" in str(x.dtype)):
+    from .validate import check_array, check_int, check_positive
+
+    if not callable(f):
+        raise TypeError(f"f must be callable, got {type(f).__name__}")
+    if not isinstance(inputs, Mapping) or not isinstance(grads, Mapping):
+        raise TypeError("inputs and grads must be dicts (argument name -> value)")
+    check_array(cotangent, "cotangent")
+    h, rtol = check_positive(h, "h"), check_positive(rtol, "rtol")
+    if max_entries is not None:
+        check_int(max_entries, "max_entries", minimum=1)
+    for name in grads:
+        if name in inputs:
+            check_array(inputs[name], name)
+        check_array(grads[name], f"grads[{name!r}]")
+    checked = {name: inputs[name] for name in grads if name in inputs}
+    checked.update({f"grads[{name!r}]": g for name, g in grads.items()}, cotangent=cotangent)
+    for name, x in checked.items():
+        if "float64" not in str(x.dtype):
             raise TypeError(
                 f"check_vjp needs float64 inputs (round-off in float32 swamps the "
                 f"finite difference); {name} is {getattr(x, 'dtype', type(x).__name__)}"
@@ -168,7 +193,7 @@ def check_vjp(
     reports = {}
     for name, analytic in grads.items():
         if name not in inputs:
-            raise KeyError(f"grads names {name!r}, which is not among the inputs {list(inputs)}")
+            raise ValueError(f"grads names {name!r}, which is not among the inputs {list(inputs)}")
         a = to_numpy(analytic).astype(np.float64)
         if a.shape != tuple(inputs[name].shape):
             raise ValueError(

@@ -15,7 +15,7 @@ This is the official code's ``FeedForward`` with ``D`` stored as there
 from __future__ import annotations
 
 from .backend import namespace
-from .validate import check_array, check_positive, check_same_kind
+from .validate import check_array, check_cache, check_cotangent, check_positive, check_same_kind
 
 
 def ista_forward(X, D, *, eta=0.1, lam=0.1):
@@ -58,7 +58,9 @@ def ista_backward(dY, cache):
     Returns:
         ``(dX, {"D": dD})``; dD sums over all tokens and samples.
     """
+    check_cache(cache, "ista_forward", keys=("X", "D", "active", "eta"))
     X, D, active, eta = cache["X"], cache["D"], cache["active"], cache["eta"]
+    check_cotangent(dY, X.shape, X)
     xp = namespace(dY, D)
     dP = xp.where(active, dY, xp.zeros_like(dY))
     V = dP @ xp.matrix_transpose(D)  # P̄ Dᵀ
@@ -73,6 +75,14 @@ def lasso_objective(A, X, D, lam):
     r"""Non-negative LASSO objective of spec §3.1 per sample (rows):
     :math:`\lambda\lVert A\rVert_1 + \tfrac12\lVert X - AD^\top\rVert_F^2`
     (+∞ is not returned for negative A; the caller keeps A >= 0)."""
+    check_array(X, "X", min_ndim=1)
+    check_array(A, "A")
+    if tuple(A.shape) != tuple(X.shape):
+        raise ValueError(f"A must have the shape of X {tuple(X.shape)}, got {tuple(A.shape)}")
+    d = X.shape[-1]
+    check_array(D, "D", ndim=2, shape=(d, d))
+    check_same_kind(A=A, X=X, D=D)
+    lam = check_positive(lam, "lam", allow_zero=True)
     xp = namespace(A, X, D)
     R = X - A @ xp.matrix_transpose(D)
     return lam * xp.sum(xp.sum(xp.abs(A), axis=-1), axis=-1) + 0.5 * xp.sum(xp.sum(R * R, axis=-1), axis=-1)

@@ -9,7 +9,7 @@ with the *biased* variance (divide by d), as ``torch.nn.LayerNorm``.
 from __future__ import annotations
 
 from .backend import namespace
-from .validate import check_array, check_positive, check_same_kind
+from .validate import check_array, check_cache, check_cotangent, check_positive, check_same_kind
 
 
 def layernorm_forward(X, gamma, beta, *, eps=1e-5):
@@ -50,7 +50,8 @@ def layernorm_backward(dY, cache):
     Returns:
         ``(dX, {"gamma": dgamma, "beta": dbeta})``.
     """
-    X_hat, inv_std, gamma = cache
+    X_hat, inv_std, gamma = check_cache(cache, "layernorm_forward", length=3)
+    check_cotangent(dY, X_hat.shape, X_hat)
     xp = namespace(dY, X_hat)
     g = gamma * dY
     dX = inv_std * (

@@ -8,9 +8,9 @@ loss is :math:`-\frac1B\sum_b \langle q_b, \log\mathrm{softmax}(\ell_b)\rangle`
 
 from __future__ import annotations
 
-from .backend import device_of, namespace
+from .backend import device_of, namespace, same_device
 from .functional import softmax
-from .validate import check_array
+from .validate import check_array, check_cache, check_positive, check_real
 
 
 def _targets(xp, labels, C, smoothing, like):
@@ -31,7 +31,9 @@ def cross_entropy_forward(logits, labels, *, smoothing=0.1):
         ``(loss, cache)``: loss a 0-d array.
     """
     check_array(logits, "logits", ndim=2)
+    check_array(labels, "labels", floating=False)
     xp = namespace(logits, labels)
+    same_device(logits, labels, names=["logits", "labels"])
     if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
         raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
     if not xp.isdtype(labels.dtype, "integral"):
@@ -39,7 +41,8 @@ def cross_entropy_forward(logits, labels, *, smoothing=0.1):
     B, C = logits.shape
     if bool(xp.any(labels < 0)) or bool(xp.any(labels >= C)):
         raise ValueError(f"labels must lie in [0, {C}) for {C} classes")
-    if not 0 <= smoothing < 1:
+    smoothing = check_positive(smoothing, "smoothing", allow_zero=True)
+    if smoothing >= 1:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)
     log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
@@ -50,5 +53,5 @@ def cross_entropy_forward(logits, labels, *, smoothing=0.1):
 
 def cross_entropy_backward(dloss, cache):
     r""":math:`\partial L/\partial \ell = (\mathrm{softmax}(\ell) - q)/B`, times ``dloss``."""
-    probs, q = cache
-    return float(dloss) * (probs - q) / probs.shape[0]
+    probs, q = check_cache(cache, "cross_entropy_forward", length=2)
+    return check_real(dloss, "dloss") * (probs - q) / probs.shape[0]

@@ -30,7 +30,15 @@ from .encoder import encoder_layer_backward, encoder_layer_forward
 from .functional import linear_backward, linear_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
-from .validate import check_array
+from .validate import (
+    check_array,
+    check_cache,
+    check_cotangent,
+    check_int,
+    check_keys,
+    check_positive,
+    check_same_kind,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +69,25 @@ class CRATEConfig:
     def __post_init__(self):
         for name in ("image_size", "patch_size", "channels", "dim", "depth", "heads", "num_classes"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"CRATEConfig.{name} must be a positive integer, got {value!r}")
+        try:
+            ok = all(math.isfinite(float(v)) and float(v) >= 0 for v in (self.eta, self.lam))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"eta and lam must be >= 0 (and finite), got eta={self.eta!r}, lam={self.lam!r}"
+            )
+        check_positive(self.ln_eps, "ln_eps")
+        if self.attn_scale is not None:
+            check_positive(self.attn_scale, "attn_scale")
+        if check_positive(self.label_smoothing, "label_smoothing", allow_zero=True) >= 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        for name in ("tie_out", "use_layernorm"):
+            if not isinstance(getattr(self, name), bool):
+                value = getattr(self, name)
+                raise TypeError(f"CRATEConfig.{name} must be True or False, got {value!r}")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}"
@@ -73,8 +98,6 @@ class CRATEConfig:
             raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.eta < 0 or self.lam < 0:
-            raise ValueError(f"eta and lam must be >= 0, got eta={self.eta}, lam={self.lam}")
 
     @property
     def head_dim(self) -> int:
@@ -115,9 +138,19 @@ def preset(name: str, **overrides) -> CRATEConfig:
     return CRATEConfig(**{**PRESETS[name], **overrides})
 
 
+def _check_config(config, cls=None):
+    cls = cls or CRATEConfig
+    if not isinstance(config, cls):
+        raise TypeError(
+            f"config must be a {cls.__name__} (see minicrate.preset), got {type(config).__name__}"
+        )
+    return config
+
+
 def param_count(config: CRATEConfig) -> int:
     """Number of scalars: embed 2·P + P·d + d + 2d, pos (Np+1)d, cls d,
     L·(3d² + 5d) (fewer with ``tie_out``/no LayerNorm), head 2d + d·C + C."""
+    _check_config(config)
     d, P, C = config.dim, config.patch_dim, config.num_classes
     layer = 3 * d * d + 5 * d
     if config.tie_out:
@@ -137,6 +170,30 @@ def _layer_shapes(config):
     return shapes
 
 
+def param_shapes(config: CRATEConfig) -> dict:
+    """The shape of every parameter :func:`init_params` makes, by key."""
+    _check_config(config)
+    d, P, C = config.dim, config.patch_dim, config.num_classes
+    shapes = {"embed.ln_in_gamma": (P,), "embed.ln_in_beta": (P,), "embed.W": (d, P),
+              "embed.b": (d,), "embed.ln_out_gamma": (d,), "embed.ln_out_beta": (d,),
+              "cls_token": (d,), "pos_embedding": (config.num_patches + 1, d)}
+    for i in range(config.depth):
+        shapes.update({f"layers.{i}.{k}": v for k, v in _layer_shapes(config).items()})
+    shapes.update({"head.ln_gamma": (d,), "head.ln_beta": (d,), "head.W": (C, d), "head.b": (C,)})
+    return shapes
+
+
+def check_params(params, config: CRATEConfig, like=None):
+    """``params`` must hold every parameter of ``config`` with its shape, all
+    floating and of one namespace, dtype and device (those of ``like`` if given)."""
+    shapes = param_shapes(config)
+    check_keys(params, shapes)
+    for key, shape in shapes.items():
+        check_array(params[key], f"params[{key!r}]", ndim=len(shape), shape=shape)
+    check_same_kind(images=like, **{f"params[{k!r}]": params[k] for k in shapes})
+    return params
+
+
 def init_params(config: CRATEConfig, seed: int = 0, backend: str = "numpy", dtype: str | None = None):
     """Parameters with the official code's initial distributions.
 
@@ -149,8 +206,16 @@ def init_params(config: CRATEConfig, seed: int = 0, backend: str = "numpy", dtyp
     Returns:
         a flat dict name -> array (see the module docstring for the names).
     """
+    _check_config(config)
+    seed = check_int(seed, "seed", minimum=0)
     xp = get_backend(backend) if isinstance(backend, str) else backend
+    if not hasattr(xp, "asarray"):
+        raise TypeError(
+            f"backend must be a backend name or an array namespace, got {type(backend).__name__}"
+        )
     dtype = dtype or config.dtype
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     d, P, C = config.dim, config.patch_dim, config.num_classes
     seeds = iter(range(seed * 100_003, seed * 100_003 + 10_000))
 
@@ -196,6 +261,7 @@ def _group(params, prefix):
 
 def encode(params, images, config: CRATEConfig, *, causal=False):
     """Images -> the last layer's tokens Z^L ``(B, Np+1, d)`` and a cache."""
+    _check_config(config)
     check_array(images, "images", ndim=4)
     B, C, H, W = images.shape
     if (C, H, W) != (config.channels, config.image_size, config.image_size):
@@ -203,7 +269,7 @@ def encode(params, images, config: CRATEConfig, *, causal=False):
             f"images must have shape (B, {config.channels}, {config.image_size}, {config.image_size}) "
             f"for this config, got {tuple(images.shape)}"
         )
-    namespace(images, params["embed.W"])  # one backend for images and params
+    check_params(params, config, like=images)  # shapes, and one backend/dtype/device for all
     tokens, embed_cache = patch_embed_forward(patchify(images, config.patch_size), _group(params, "embed."),
                                               ln_eps=config.ln_eps)
     Z, pos_cache = add_cls_pos_forward(tokens, params["cls_token"], params["pos_embedding"])
@@ -225,8 +291,8 @@ def forward(params, images, config: CRATEConfig):
     Returns:
         ``(logits, cache)``: logits ``(B, num_classes)``.
     """
-    xp = namespace(images, params["head.W"])
     Z, cache = encode(params, images, config)
+    xp = namespace(images, params["head.W"])
     pooled = Z[:, 0, :] if config.pool == "cls" else xp.mean(Z, axis=1)
     normed, ln_cache = layernorm_forward(pooled, params["head.ln_gamma"], params["head.ln_beta"],
                                          eps=config.ln_eps)
@@ -246,6 +312,9 @@ def backward(dlogits, cache):
     Returns:
         a dict with exactly the keys of the parameters.
     """
+    check_cache(cache, "forward", keys=("head_lin", "head_ln", "pool", "Z_shape", "layers"))
+    X, W, _ = cache["head_lin"]
+    check_cotangent(dlogits, (X.shape[0], W.shape[0]), W, name="dlogits")
     xp = namespace(dlogits)
     grads = {}
     dnormed, g = linear_backward(dlogits, cache["head_lin"])
@@ -295,7 +364,7 @@ def intermediates(cache):
         non-zeros give sparsity), ``attention`` (``(B, K, N, N)``) and
         ``U`` (each layer's bases).
     """
-    layers = cache["layers"]
+    layers = check_cache(cache, "forward", keys=("layers",))["layers"]
     return {
         "mssa_inputs": [c["mssa_input"] for c in layers],
         "ista_outputs": [c["ista_output"] for c in layers],

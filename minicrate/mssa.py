@@ -27,7 +27,15 @@ import math
 
 from .backend import device_of, namespace
 from .functional import softmax, softmax_backward
-from .validate import check_array, check_heads, check_positive, check_same_kind
+from .validate import (
+    check_array,
+    check_cache,
+    check_cotangent,
+    check_heads,
+    check_positive,
+    check_real,
+    check_same_kind,
+)
 
 
 def heads_to_tokens(O):
@@ -63,10 +71,13 @@ def causal_mask(N, like):
 def _check_mssa_args(Z, U, W_out, b_out, scale):
     check_array(Z, "Z", min_ndim=2)
     K, p = check_heads(U, Z.shape[-1])
+    if W_out is not None:
+        check_array(W_out, "W_out", ndim=2)
+    if b_out is not None:
+        check_array(b_out, "b_out", ndim=1)
     check_same_kind(Z=Z, U=U, W_out=W_out, b_out=b_out)
     d = Z.shape[-1]
     if W_out is not None:
-        check_array(W_out, "W_out", ndim=2)
         if tuple(W_out.shape) != (d, K * p):
             raise ValueError(
                 f"W_out must have shape (d, K*p) = ({d}, {K * p}) for U of shape "
@@ -98,6 +109,7 @@ def mssa_forward(Z, U, W_out, b_out, *, scale=None, causal=False, tied_scale=1.0
         ``(..., K, N, N)`` (rows sum to one).
     """
     scale = _check_mssa_args(Z, U, W_out, b_out, scale)
+    tied_scale = check_real(tied_scale, "tied_scale")
     xp = namespace(Z, U)
     W = xp.expand_dims(Z, axis=-3) @ U  # (..., K, N, p)
     S = scale * (W @ xp.matrix_transpose(W))  # (..., K, N, N)
@@ -143,7 +155,9 @@ def mssa_backward(dY, cache):
         ``"W_out"`` and ``"b_out"`` (when a bias was given).  In the tied
         form ``"U"`` includes the output path :math:`c\,\bar Y^\top O_k`.
     """
+    check_cache(cache, "mssa_forward", keys=("Z", "U", "W_out", "W", "A", "H"))
     Z, U, W_out, W, A, H = (cache[k] for k in ("Z", "U", "W_out", "W", "A", "H"))
+    check_cotangent(dY, Z.shape, Z)
     xp = namespace(dY, U)
     K = U.shape[0]
     grads = {}

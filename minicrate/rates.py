@@ -246,6 +246,8 @@ def nonzero_fraction(Z, *, reduction="mean"):
         reduction: ``"mean"`` over images, or ``"none"`` (shape ``(...)``).
     """
     check_array(Z, "Z", min_ndim=2)
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     xp = namespace(Z)
     nz = xp.astype(Z != 0, Z.dtype)
     per_image = xp.mean(xp.mean(nz, axis=-1), axis=-1)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
+from collections.abc import Mapping
 
 from .backend import namespace, same_device
 
@@ -27,6 +29,11 @@ def finite_checks(enabled: bool):
         yield
     finally:
         _FINITE[0] = old
+
+
+def finite_checks_enabled() -> bool:
+    """Whether the non-finite scans are on (see :func:`finite_checks`)."""
+    return _FINITE[0]
 
 
 def describe(x) -> str:
@@ -90,6 +97,66 @@ def check_positive(value, name, *, allow_zero=False):
         want = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {want}, got {value!r}")
     return v
+
+
+def check_real(value, name):
+    """A finite real number (any sign), returned as a float."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {describe(value)}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def check_int(value, name, *, minimum=None):
+    """An integer (not a float, not a bool) >= ``minimum``, returned as an int."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {describe(value)}") from None
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def check_keys(mapping, needed, name="params"):
+    """``mapping`` must be a dict-like holding every key in ``needed``."""
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{name} must be a dict of arrays, got {type(mapping).__name__}")
+    missing = [k for k in needed if k not in mapping]
+    if missing:
+        raise ValueError(f"{name} is missing {missing}; expected the keys {list(needed)}")
+    return mapping
+
+
+def check_cache(cache, forward, *, keys=None, length=None):
+    """``cache`` must look like what ``forward`` returned: a dict holding
+    ``keys`` or a tuple of ``length`` entries.  Catches a backward called with
+    the wrong (or no) cache before it fails somewhere inside."""
+    ok = (keys is not None and isinstance(cache, Mapping) and all(k in cache for k in keys)) or (
+        length is not None and isinstance(cache, tuple) and len(cache) == length
+    )
+    if not ok:
+        raise TypeError(
+            f"cache must be the cache returned by {forward}, got {type(cache).__name__}"
+        )
+    return cache
+
+
+def check_cotangent(dY, shape, like, name="dY"):
+    """An upstream gradient: a floating array of the forward output's ``shape``,
+    with the namespace, dtype and device of ``like`` (an array of the forward)."""
+    check_array(dY, name)
+    if tuple(dY.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} must have the forward output's shape {tuple(shape)}, got {describe(dY)}"
+        )
+    check_same_kind(**{name: dY, "the forward's arrays": like})
+    return dY
 
 
 def check_heads(U, d, name="U"):
