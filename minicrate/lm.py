@@ -172,8 +172,7 @@ def init_params(config: LMConfig, seed=0, backend="numpy", dtype=None):
     params["ln_f.gamma"] = xp.ones((d,), dtype=dt)
     params["ln_f.beta"] = xp.zeros((d,), dtype=dt)
     if not config.tie_embedding:
-        params["head.W"] = random_normal((V, d), seed=seed + 2, xp=xp, dtype=name,
-                                         std=config.embed_std)
+        params["head.W"] = random_normal((V, d), seed=seed + 2, xp=xp, dtype=name, std=0.02)
     params["head.b"] = xp.zeros((V,), dtype=dt)
     return params
 

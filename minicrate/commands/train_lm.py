@@ -449,7 +449,8 @@ def model_config_for(vocab_size, args_or_dict):
     a = args_or_dict if isinstance(args_or_dict, dict) else vars(args_or_dict)
     return LMConfig(vocab_size=vocab_size, form=a["form"], context=a["context"], dim=a["dim"],
                     depth=a["depth"], heads=a["heads"], tie_embedding=not a["untied_head"],
-                    eta=a.get("eta", 0.1), lam=a.get("lam", 0.1), dtype=a["dtype"])
+                    eta=a.get("eta", 0.1), lam=a.get("lam", 0.1),
+                    embed_std=a.get("embed_std", 0.02), dtype=a["dtype"])
 
 
 def add_arguments(p):
@@ -464,6 +465,8 @@ def add_arguments(p):
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--untied-head", action="store_true", help="a separate head matrix")
+    p.add_argument("--embed-std", type=float, default=0.02,
+                   help="std of the initial token and position embeddings")
     p.add_argument("--eta", type=float, default=0.1, help="ISTA step size η (official 0.1)")
     p.add_argument("--lam", type=float, default=0.1, help="ISTA sparsity weight λ (official 0.1)")
     p.add_argument("--lr", type=float, default=2e-3)
