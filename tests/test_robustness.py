@@ -1248,10 +1248,13 @@ def test_every_public_function_has_a_case():
     exempt = {
         "cupy_available",  # takes no arguments
         "numerical_vjp",  # driven through check_vjp
+        # model.save/load wrap minicrate.checkpoint, whose errors tests/test_checkpoint.py covers
         "save",
-        "load",  # minicrate.checkpoint's, tested in tests/test_checkpoint.py
+        "load",
+        # picks a layer's arrays out of a dict by index; its integer arguments are not
+        # validated yet (a gap of minicrate/decoder.py reported in issue 9)
         "decoder_layer_params",
-    }  # a dict lookup (see the report of issue 9)
+    }
     names = {n.split("[")[0] for n in CASES}
     missing = [
         n
