@@ -5,28 +5,33 @@ For every page it checks that
 
 * MathJax typeset the math: every Sphinx math element (``.math``) holds an
   ``mjx-container``, no ``mjx-merror`` (a TeX error) is shown, and no raw TeX
-  delimiters (``$$``, ``\\(``, ``\\[``, ``\\begin{``) are left in the visible text;
+  (``$$``, ``\\(``, ``\\[``, ``\\begin{``, ...) is left in the visible text,
+  navigation included;
 * every image loaded (``img.complete`` and ``naturalWidth > 0``);
 * no request left the machine.
 
 How it works, with the standard library only:
 
 * The book is served from 127.0.0.1 by a small ``http.server`` that logs every
-  request and inserts one ``<script>`` before ``</body>`` of each HTML page.
-  That script waits for the window's load event and for MathJax's start-up
-  promise, inspects the DOM, and writes its findings as JSON into a
-  ``<pre id="browser-check">`` element.
-* Chromium runs headless with the flags from ``shared/spec/toolchain.md`` §1c
-  and a fresh profile, ``--virtual-time-budget`` so that scripts finish, and
-  ``--dump-dom``, which prints the DOM (with that ``<pre>``) at the end.
+  request and inserts two things before ``</body>`` of each HTML page: a
+  ``<script>`` that inspects the page, and a hidden ``<img>`` whose request
+  the server *holds open* until that script has reported.  A pending image
+  delays the page's load event, so the page cannot be considered loaded (and
+  Chromium cannot dump it and exit) before the check has run.
+* The script waits for MathJax's start-up promise (MathJax typesets on start-up)
+  and for every other image to load or fail, then POSTs its findings as JSON
+  to the server, which releases the held image.  If a page never reports,
+  the server releases the image after a timeout and the page fails.
+* Chromium runs headless with the flags from ``shared/spec/toolchain.md`` §1c,
+  a fresh profile per page, and ``--dump-dom`` (which waits for the load event).
 * Chromium's proxy is set to a second local server that answers every request
   with 403 and records it.  Loopback addresses bypass the proxy, so the page
   reaches the book server directly, while *any* request to another host, made
   by the page or by the browser itself, lands in that record.  Host resolution
-  is also mapped to "not found" for every name but 127.0.0.1, as a second
-  guard so that nothing can leave even if the proxy were bypassed.
+  is also mapped to "not found" for every name but 127.0.0.1, a second guard
+  so that nothing can leave even if the proxy were bypassed.
 * Independently, the page lists every resource it loaded
-  (``performance.getEntriesByType("resource")``); any URL that is not on
+  (``performance.getEntriesByType("resource")``); a URL that is not on
   127.0.0.1 is a failure too.
 
 Usage::
@@ -53,11 +58,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
-# Flags from the toolchain spec (§1c), plus the proxy/host-resolver guard.
+# Flags from the toolchain spec (§1c), plus switches that keep Chromium's own
+# housekeeping quiet.
 BASE_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -90,12 +97,18 @@ BASE_FLAGS = (
 # index has no content to check).
 SKIP_PAGES = {"genindex.html", "search.html", "py-modindex.html"}
 
-RESULT_ID = "browser-check"
+HOLD = "/__browser_check_hold__/"
+RESULT = "/__browser_check_result__/"
+PNG_1x1 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0000003010100c9fe92ef0000000049454e44ae426082"
+)
 
 # Runs in the page.  Written for Chromium; no external code.
 CHECK_SCRIPT = r"""
 <script>
 (function () {
+  var KEY = %(key)s;
   function visibleText(root) {
     var skip = {SCRIPT: 1, STYLE: 1, PRE: 1, CODE: 1, TEXTAREA: 1, NOSCRIPT: 1,
                 "MJX-CONTAINER": 1, "MJX-ASSISTIVE-MML": 1, MATH: 1};
@@ -103,7 +116,7 @@ CHECK_SCRIPT = r"""
     var walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT, {
       acceptNode: function (node) {
         for (var el = node.parentElement; el; el = el.parentElement) {
-          if (skip[el.tagName] || el.id === "%(id)s") return NodeFilter.FILTER_REJECT;
+          if (skip[el.tagName]) return NodeFilter.FILTER_REJECT;
         }
         return NodeFilter.FILTER_ACCEPT;
       }
@@ -111,17 +124,28 @@ CHECK_SCRIPT = r"""
     while (walker.nextNode()) out.push(walker.currentNode.nodeValue);
     return out.join(" ");
   }
-  function report() {
+  function pageImages() {
+    return Array.prototype.slice.call(document.images).filter(function (img) {
+      return (img.getAttribute("src") || "").indexOf("%(hold)s") < 0;
+    });
+  }
+  function settled(img) {
+    if (img.complete) return Promise.resolve();
+    return new Promise(function (resolve) {
+      img.addEventListener("load", resolve); img.addEventListener("error", resolve);
+    });
+  }
+  function report(mathjaxError) {
     var math = Array.prototype.slice.call(document.querySelectorAll(".math"));
     var untypeset = math.filter(function (el) { return !el.querySelector("mjx-container"); })
                         .map(function (el) { return el.textContent.slice(0, 80); });
     var text = visibleText(document.body);
     var raw = [];
-    ["$$", "\\(", "\\)", "\\[", "\\]", "\\begin{", "\\frac", "\\mathbb"].forEach(function (tok) {
+    ["$$", "\\(", "\\)", "\\[", "\\]", "\\begin{", "\\frac", "\\mathbb", "\\nabla"].forEach(function (tok) {
       var i = text.indexOf(tok);
-      if (i >= 0) raw.push(tok + " in: " + text.slice(Math.max(0, i - 40), i + 40));
+      if (i >= 0) raw.push(tok + " in: " + text.slice(Math.max(0, i - 40), i + 40).replace(/\s+/g, " "));
     });
-    var images = Array.prototype.slice.call(document.images).map(function (img) {
+    var images = pageImages().map(function (img) {
       return {src: img.getAttribute("src"), complete: img.complete,
               naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight};
     });
@@ -129,6 +153,7 @@ CHECK_SCRIPT = r"""
     var result = {
       url: location.href,
       mathjax: !!(window.MathJax && window.MathJax.startup),
+      mathjax_error: mathjaxError || null,
       math_elements: math.length,
       mjx_containers: document.querySelectorAll("mjx-container").length,
       mjx_errors: document.querySelectorAll("mjx-merror").length,
@@ -138,20 +163,24 @@ CHECK_SCRIPT = r"""
       resources: resources,
       eqno: document.querySelectorAll(".eqno").length
     };
-    var pre = document.createElement("pre");
-    pre.id = "%(id)s";
-    pre.textContent = JSON.stringify(result);
-    document.body.appendChild(pre);
+    return fetch("%(result)s" + KEY, {method: "POST", body: JSON.stringify(result),
+                                      headers: {"Content-Type": "application/json"}});
   }
-  window.addEventListener("load", function () {
+  function run() {
     var ready = (window.MathJax && MathJax.startup && MathJax.startup.promise) ?
                 MathJax.startup.promise : Promise.resolve();
-    ready.then(function () { setTimeout(report, 50); },
-               function (err) { setTimeout(report, 50); });
-  });
+    ready.then(function () { return null; }, function (err) { return String(err); })
+      .then(function (err) {
+        return Promise.all(pageImages().map(settled)).then(function () { return report(err); });
+      });
+  }
+  // Deferred scripts (MathJax) have run by DOMContentLoaded.
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", run);
+  else run();
 })();
 </script>
-""" % {"id": RESULT_ID}
+<img src="%(hold)s%(rawkey)s" alt="" width="1" height="1" style="position:absolute;left:-9999px">
+"""
 
 
 def find_chromium(explicit: str | None = None) -> str | None:
@@ -168,39 +197,70 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 class BookHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves the book; records each request; injects the check script into HTML."""
+    """Serves the book, records each request, injects the check, collects results.
 
-    log: list  # set per server (class attributes of a subclass, see _start)
+    Class attributes (set per server by :func:`_start`): ``log`` (list of
+    ``(path, status)``), ``root`` (the folder served), ``results`` (key ->
+    the page's JSON report), ``events`` (key -> threading.Event set when that
+    report arrived) and ``hold_s`` (how long a held image waits at most).
+    """
+
+    log: list
     root: str
+    results: dict
+    events: dict
+    hold_s: float = 60.0
+    lock = threading.Lock()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, directory=self.root, **kwargs)
 
-    def do_GET(self):  # noqa: N802 (http.server naming)
-        path = self.path.split("?", 1)[0].split("#", 1)[0]
+    def _event(self, key):
+        with self.lock:
+            return self.events.setdefault(key, threading.Event())
+
+    def _send(self, code, body=b"", content_type="text/plain"):
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):  # noqa: N802 (http.server naming)
+        if not self.path.startswith(RESULT):
+            return self._send(404)
+        key = urllib.parse.unquote(self.path[len(RESULT):])
+        length = int(self.headers.get("Content-Length", 0))
+        try:
+            self.results[key] = json.loads(self.rfile.read(length))
+        except ValueError:
+            self.results[key] = None
+        self._event(key).set()
+        self._send(204)
+
+    def do_GET(self):  # noqa: N802
+        path = urllib.parse.unquote(self.path.split("?", 1)[0].split("#", 1)[0])
+        if path.startswith(HOLD):
+            self._event(path[len(HOLD):]).wait(self.hold_s)
+            return self._send(200, PNG_1x1, "image/png")
         if path.endswith("/"):
             path += "index.html"
         if path.endswith(".html"):
             local = Path(self.translate_path(path))
             if local.is_file():
                 body = local.read_bytes()
-                marker = b"</body>"
-                pos = body.rfind(marker)
-                injected = CHECK_SCRIPT.encode()
+                key = path.lstrip("/")
+                injected = (CHECK_SCRIPT % {"key": json.dumps(urllib.parse.quote(key)),
+                                            "rawkey": urllib.parse.quote(key),
+                                            "hold": HOLD, "result": RESULT}).encode()
+                pos = body.rfind(b"</body>")
                 body = body[:pos] + injected + body[pos:] if pos >= 0 else body + injected
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-                self.log.append((self.path, 200))
-                return
+                return self._send(200, body, "text/html; charset=utf-8")
         super().do_GET()
 
     def send_response(self, code, message=None):
-        if not self.path.endswith(".html") or code != 200:
-            self.log.append((self.path, code))
+        self.log.append((self.path, int(code)))
         super().send_response(code, message)
 
     def log_message(self, format, *args):  # quiet
@@ -228,28 +288,20 @@ class BlackholeHandler(http.server.BaseHTTPRequestHandler):
 def _start(handler_cls, **attrs):
     handler = type(handler_cls.__name__, (handler_cls,), {"log": [], **attrs})
     server = _Server(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, handler.log
-
-
-def _parse_result(dom: str):
-    m = re.search(r'<pre id="%s">(.*?)</pre>' % RESULT_ID, dom, re.S)
-    if not m:
-        return None
-    import html
-
-    return json.loads(html.unescape(m.group(1)))
 
 
 def page_failures(result: dict | None, *, expect_math: bool) -> list[str]:
     """Human-readable problems in one page's in-browser report."""
     if result is None:
-        return ["the in-page check never reported (the page did not finish loading in the "
-                "virtual time budget, or a script error stopped it)"]
+        return ["the in-page check never reported (the page did not finish loading, or a "
+                "script error stopped it)"]
     problems = []
     if expect_math and not result["mathjax"]:
         problems.append("MathJax did not start")
+    if result.get("mathjax_error"):
+        problems.append(f"MathJax failed: {result['mathjax_error']}")
     if result["untypeset"]:
         problems.append(f"{len(result['untypeset'])} math element(s) not typeset, e.g. "
                         f"{result['untypeset'][0]!r}")
@@ -270,8 +322,8 @@ def default_pages(html_dir: Path) -> list[str]:
     return sorted(p.name for p in html_dir.glob("*.html") if p.name not in SKIP_PAGES)
 
 
-def _dump_dom(chromium, url, proxy_port, budget_ms, timeout_s):
-    """The DOM of ``url`` after ``budget_ms`` of virtual time, from a fresh profile."""
+def _open(chromium, url, proxy_port, timeout_s):
+    """Load ``url`` in a fresh headless Chromium until its load event; returns the DOM."""
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         cmd = [
             chromium,
@@ -280,7 +332,6 @@ def _dump_dom(chromium, url, proxy_port, budget_ms, timeout_s):
             f"--proxy-server=http://127.0.0.1:{proxy_port}",
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
             "--window-size=1280,4000",
-            f"--virtual-time-budget={budget_ms}",
             "--dump-dom",
             url,
         ]
@@ -290,8 +341,7 @@ def _dump_dom(chromium, url, proxy_port, budget_ms, timeout_s):
             return ""
 
 
-def run_checks(html_dir, pages=None, *, chromium=None, budget_ms=20000, timeout_s=90, retries=1,
-               jobs=2):
+def run_checks(html_dir, pages=None, *, chromium=None, hold_s=60.0, timeout_s=120, jobs=2):
     """Check ``pages`` (file names under ``html_dir``); returns a report dict.
 
     The report has ``pages`` (name -> {"result", "problems", "seconds"}),
@@ -306,23 +356,17 @@ def run_checks(html_dir, pages=None, *, chromium=None, budget_ms=20000, timeout_
             "install Debian's 'chromium' (scripts/ensure-chromium does so as root)"
         )
     pages = list(pages) if pages else default_pages(html_dir)
-    book, book_log = _start(BookHandler, root=str(html_dir))
+    results, events = {}, {}
+    book, book_log = _start(BookHandler, root=str(html_dir), results=results, events=events,
+                            hold_s=hold_s)
     proxy, proxy_log = _start(BlackholeHandler)
-    port = book.server_address[1]
+    port, proxy_port = book.server_address[1], proxy.server_address[1]
     report = {"pages": {}, "outbound": proxy_log, "not_found": [], "chromium": chromium}
-    proxy_port = proxy.server_address[1]
 
     def check_page(name):
-        url = f"http://127.0.0.1:{port}/{name}"
         t0 = time.perf_counter()
-        # On a busy machine a page can occasionally miss the virtual time
-        # budget; a second try with twice the budget tells a slow page from a
-        # broken one.
-        for attempt in range(retries + 1):
-            result = _parse_result(_dump_dom(chromium, url, proxy_port,
-                                             budget_ms * (attempt + 1), timeout_s))
-            if result is not None:
-                break
+        _open(chromium, f"http://127.0.0.1:{port}/{name}", proxy_port, timeout_s)
+        result = results.get(name)
         source = (html_dir / name).read_text(encoding="utf-8")
         return name, {
             "result": result,
@@ -335,6 +379,8 @@ def run_checks(html_dir, pages=None, *, chromium=None, budget_ms=20000, timeout_
             for name, page in pool.map(check_page, pages):
                 report["pages"][name] = page
     finally:
+        for event in list(events.values()):
+            event.set()
         book.shutdown()
         proxy.shutdown()
         book.server_close()
@@ -373,7 +419,8 @@ def main(argv=None) -> int:
     ap.add_argument("html_dir", type=Path, help="the built book, e.g. book/_build/html")
     ap.add_argument("pages", nargs="*", help="page file names (default: every top-level page)")
     ap.add_argument("--chromium", help="Chromium binary (default: $CHROMIUM or chromium on PATH)")
-    ap.add_argument("--budget-ms", type=int, default=20000, help="--virtual-time-budget per page")
+    ap.add_argument("--hold-s", type=float, default=60.0,
+                    help="longest wait for a page's report before its load is released")
     ap.add_argument("--jobs", type=int, default=2, help="pages checked at once")
     ap.add_argument("--json", type=Path, help="write the full report here")
     args = ap.parse_args(argv)
@@ -383,7 +430,7 @@ def main(argv=None) -> int:
         return 2
     try:
         report = run_checks(args.html_dir, args.pages, chromium=args.chromium,
-                            budget_ms=args.budget_ms, jobs=args.jobs)
+                            hold_s=args.hold_s, jobs=args.jobs)
     except FileNotFoundError as err:
         print(f"browser_check: {err}", file=sys.stderr)
         return 2

@@ -112,6 +112,18 @@ def test_chapters_are_text_notebooks_without_outputs():
             )
 
 
+def test_headings_have_no_math():
+    """Titles show up as plain text in the navigation of *every* page, including pages
+    without math, where MathJax is not loaded: a TeX title would be shown raw there."""
+    for name in _toc_files():
+        text = re.sub(r"```.*?```", "", _source(name).read_text(), flags=re.S)
+        for line in text.splitlines():
+            if line.startswith("#"):
+                assert "$" not in line and "\\" not in line, (
+                    f"{name}.md: heading {line!r} has TeX; use Unicode (∇Rᶜ, N×N) instead"
+                )
+
+
 def test_book_imports_minicrate_and_never_redefines_it():
     """Chapters show library code with literalinclude; they must not re-implement it."""
     import minicrate
@@ -242,7 +254,7 @@ def test_browser_check_catches_raw_math_missing_images_and_outside_requests(tmp_
         "<img src='missing.png'><img src='http://example.org/pixel.png'>"
         "</body></html>"
     )
-    report = browser_check.run_checks(tmp_path, ["index.html", "bad.html"], budget_ms=4000)
+    report = browser_check.run_checks(tmp_path, ["index.html", "bad.html"], hold_s=20)
     good, bad = report["pages"]["index.html"], report["pages"]["bad.html"]
     assert good["problems"] == [], good["problems"]
     text = " | ".join(bad["problems"])
