@@ -71,6 +71,13 @@ def _affine(Xh, gamma, beta):
     return Y
 
 
+def _affine_t_matmul(xp, Xh, gamma, beta, G):
+    r"""(X̂γ + β)ᵀ G = γ ⊙ (X̂ᵀ G) + β (1ᵀ G) for rows X̂ (M, d), G (M, n): the
+    LayerNorm output is never formed again."""
+    return (xp.expand_dims(gamma, axis=-1) * (xp.matrix_transpose(Xh) @ G)
+            + xp.expand_dims(beta, axis=-1) * xp.sum(G, axis=0))
+
+
 def _layernorm_backward(xp, dY, Xh, inv, gamma):
     r"""Backward of LayerNorm on rows (spec §8.4); returns ``(dX, dgamma, dbeta)``.
 
@@ -178,11 +185,13 @@ def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_e
 
     # MSSA on X1 = LN1(Z): one product for w, per-head scores and outputs, one output map.
     Xh1, mu1, inv1 = _normalise(xp, Z2, ln_eps)
-    X1 = Xh1
-    X1 *= params["ln1_gamma"]
-    X1 += params["ln1_beta"]
-    Wh = _to_heads(xp, X1 @ _bases_matrix(xp, U), Bf, N, K, p)  # (Bf·K, N, p)
-    del X1, Xh1
+    Ub = _bases_matrix(xp, U)  # (d, K·p)
+    # w = (X̂ γ + β) U = X̂ (γ ⊙ U) + β U: LN₁'s affine folded into the small matrix.
+    w = Xh1 @ (xp.expand_dims(params["ln1_gamma"], axis=-1) * Ub)
+    w += params["ln1_beta"] @ Ub
+    del Xh1
+    Wh = _to_heads(xp, w, Bf, N, K, p)  # (Bf·K, N, p)
+    del w
     S = Wh @ xp.matrix_transpose(Wh)
     S *= scale
     At = _softmax_transposed(xp, S, causal)  # Aᵀ, (Bf·K, N, N)
@@ -205,9 +214,9 @@ def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_e
     P += X2
     P -= eta * lam
     del X2
-    Y = xp.maximum(P, xp.zeros((), dtype=P.dtype, device=device_of(P)))
+    P *= xp.astype(P > 0, P.dtype)  # ReLU (a multiply by the 0/1 mask is fast and branch-free)
+    Y = xp.reshape(P, Z.shape)
     del P
-    Y = xp.reshape(Y, Z.shape)
     cache = FastLayerCache(Z=Z, mu1=mu1, inv1=inv1, Wh=Wh, At=At, Xh2=Xh2, inv2=inv2, Y=Y,
                            params=params, scale=scale, eta=eta, K=K, dims=(Bf, N, K, p, d),
                            has_bias=b_out is not None)
@@ -232,14 +241,12 @@ def layer_backward(dY, cache):
     Z, Y, Wh, At, Xh2 = cache["Z"], cache["Y"], cache["Wh"], cache["At"], cache["Xh2"]
     eta, scale = cache["eta"], cache["scale"]
     xp = namespace(dY, D)
-    zero = xp.zeros((), dtype=dY.dtype, device=device_of(dY))
     grads = {}
 
     # ISTA (its input X2 is recomputed from the cached normalised Zh).
-    dP = xp.where(xp.reshape(Y, (-1, d)) > 0, xp.reshape(dY, (-1, d)), zero)
-    X2 = _affine(Xh2, params["ln2_gamma"], params["ln2_beta"])
-    G = xp.matrix_transpose(X2) @ dP
-    del X2
+    Y2 = xp.reshape(Y, (-1, d))
+    dP = xp.reshape(dY, (-1, d)) * xp.astype(Y2 > 0, dY.dtype)  # ReLU's mask: Y > 0 iff P > 0
+    G = _affine_t_matmul(xp, Xh2, params["ln2_gamma"], params["ln2_beta"], dP)  # X₂ᵀ P̄
     grads["D"] = eta * (G - D @ (G + xp.matrix_transpose(G)))
     V = dP @ xp.matrix_transpose(D)
     dX2 = V @ D
@@ -277,9 +284,7 @@ def layer_backward(dY, cache):
     Z2 = xp.reshape(Z, (-1, d))
     Xh1 = Z2 - cache["mu1"]
     Xh1 *= cache["inv1"]
-    X1 = _affine(Xh1, params["ln1_gamma"], params["ln1_beta"])
-    dU = xp.matrix_transpose(X1) @ dWf  # (d, K·p)
-    del X1
+    dU = _affine_t_matmul(xp, Xh1, params["ln1_gamma"], params["ln1_beta"], dWf)  # X₁ᵀ w̄, (d, K·p)
     grads["U"] = xp.permute_dims(xp.reshape(dU, (d, K, p)), (1, 0, 2))
     dX1 = dWf @ xp.matrix_transpose(_bases_matrix(xp, U))
     del dWf

@@ -259,8 +259,15 @@ def _group(params, prefix):
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
-def encode(params, images, config: CRATEConfig, *, causal=False):
-    """Images -> the last layer's tokens Z^L ``(B, Np+1, d)`` and a cache."""
+def encode(params, images, config: CRATEConfig, *, causal=False, fast=True):
+    """Images -> the last layer's tokens Z^L ``(B, Np+1, d)`` and a cache.
+
+    ``fast=True`` runs the layers with the fused :func:`minicrate.fast.layer_forward`
+    (same mathematics, tested equal to the plain blocks; official form only,
+    otherwise the plain :func:`~minicrate.encoder.encoder_layer_forward` runs).
+    """
+    from . import fast as fused
+
     _check_config(config)
     check_array(images, "images", ndim=4)
     B, C, H, W = images.shape
@@ -273,25 +280,28 @@ def encode(params, images, config: CRATEConfig, *, causal=False):
     tokens, embed_cache = patch_embed_forward(patchify(images, config.patch_size), _group(params, "embed."),
                                               ln_eps=config.ln_eps)
     Z, pos_cache = add_cls_pos_forward(tokens, params["cls_token"], params["pos_embedding"])
+    layer_forward = (fused.layer_forward if fast and fused.supports(**config.layer_options())
+                     else encoder_layer_forward)
     layer_caches = []
     for i in range(config.depth):
-        Z, c = encoder_layer_forward(Z, layer_params(params, i), causal=causal, **config.layer_options())
+        Z, c = layer_forward(Z, layer_params(params, i), causal=causal, **config.layer_options())
         layer_caches.append(c)
     return Z, {"embed": embed_cache, "pos": pos_cache, "layers": layer_caches}
 
 
-def forward(params, images, config: CRATEConfig):
+def forward(params, images, config: CRATEConfig, *, fast=True):
     """Logits of a batch of images.
 
     Args:
         params: from :func:`init_params`.
         images: ``(B, C, H, W)`` in the parameters' namespace and dtype.
         config: the model's :class:`CRATEConfig`.
+        fast: fused encoder layers (:mod:`minicrate.fast`); ``False`` runs the plain blocks.
 
     Returns:
         ``(logits, cache)``: logits ``(B, num_classes)``.
     """
-    Z, cache = encode(params, images, config)
+    Z, cache = encode(params, images, config, fast=fast)
     xp = namespace(images, params["head.W"])
     pooled = Z[:, 0, :] if config.pool == "cls" else xp.mean(Z, axis=1)
     normed, ln_cache = layernorm_forward(pooled, params["head.ln_gamma"], params["head.ln_beta"],
@@ -333,8 +343,11 @@ def backward(dlogits, cache):
 
 def encode_backward(dZ, cache, grads):
     """Backward of :func:`encode`: fills ``grads`` and returns d(images patches)."""
+    from .fast import FastLayerCache, layer_backward
+
     for i in reversed(range(len(cache["layers"]))):
-        dZ, g = encoder_layer_backward(dZ, cache["layers"][i])
+        c = cache["layers"][i]
+        dZ, g = (layer_backward if isinstance(c, FastLayerCache) else encoder_layer_backward)(dZ, c)
         grads.update({f"layers.{i}.{k}": v for k, v in g.items()})
     dtokens, g = add_cls_pos_backward(dZ, cache["pos"])
     grads.update(g)
@@ -343,13 +356,15 @@ def encode_backward(dZ, cache, grads):
     return dpatches
 
 
-def loss_and_grads(params, images, labels, config: CRATEConfig):
+def loss_and_grads(params, images, labels, config: CRATEConfig, *, fast=True):
     """Label-smoothed cross-entropy of a batch and the gradient of every parameter.
+
+    ``fast=False`` runs the plain encoder blocks instead of the fused layer.
 
     Returns:
         ``(loss, grads, logits)``: loss a Python float.
     """
-    logits, cache = forward(params, images, config)
+    logits, cache = forward(params, images, config, fast=fast)
     loss, loss_cache = cross_entropy_forward(logits, labels, smoothing=config.label_smoothing)
     grads = backward(cross_entropy_backward(1.0, loss_cache), cache)
     return float(loss), grads, logits
