@@ -47,7 +47,6 @@ machine before they are quoted as more than "about".
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import math
@@ -67,7 +66,9 @@ if str(ROOT) not in sys.path:
 
 import minicrate.model as mc_model  # noqa: E402
 from minicrate.backend import get_backend, host_to, to_numpy  # noqa: E402
+from minicrate import parallel  # noqa: E402
 from minicrate.loss import cross_entropy_forward  # noqa: E402
+from minicrate.parallel import default_workers  # noqa: E402
 
 # (a) and (b) from issue 8; (c) is CRATE-T (spec §4.2) at 224×224, for GPUs.
 CONFIGS = {
@@ -84,14 +85,20 @@ CONFIGS = {
 # FLOP counting
 # ---------------------------------------------------------------------------------------------
 
-def gemm_flops(cfg, *, ista_products=3, symmetric_scores=False):
+def gemm_flops(cfg, *, ista_products=3, symmetric_scores=False, recompute_heads=False,
+               image_grad=False):
     """Matrix-product FLOPs (2mnk) of one batch, split by where they happen.
+
+    Every product's backward takes two products of its size (one per operand), except:
 
     Args:
         cfg: a dict of :data:`CONFIGS` (with ``batch``).
         ista_products: 3 for the official ``x Dᵀ``, ``(x Dᵀ) D``, ``x D``; 2 for ``(X − XDᵀ)D``.
-        symmetric_scores: the backward of ``S = s W Wᵀ`` as one product ``(S̄ + S̄ᵀ)W``
-            instead of two (``S̄ W`` and ``S̄ᵀ W``).
+        symmetric_scores: the backward of ``S = s w wᵀ`` is one product ``s(S̄ + S̄ᵀ)w``
+            instead of two (``S̄ w`` and ``S̄ᵀ w``).
+        recompute_heads: backward recomputes the head outputs ``O = A w`` (one more product)
+            instead of keeping them.
+        image_grad: the patch embedding's input gradient is computed too (autograd skips it).
 
     Returns:
         dict with ``forward`` and ``backward`` totals and a per-part ``parts`` dict (forward).
@@ -110,20 +117,25 @@ def gemm_flops(cfg, *, ista_products=3, symmetric_scores=False):
         "ista": L * ista_products * tok,
         "head": 2 * B * d * C,
     }
-    backward = 2 * sum(parts.values()) - parts["embed"]  # no gradient for the images
+    backward = 2 * sum(parts.values())
+    if not image_grad:
+        backward -= parts["embed"]
     if symmetric_scores:
         backward -= parts["scores"]
+    if recompute_heads:
+        backward += parts["attn@W"]
     return {"forward": sum(parts.values()), "backward": backward, "parts": parts}
 
 
 def model_flops(cfg):
     """Official form, as PyTorch autograd runs it."""
-    return gemm_flops(cfg, ista_products=3, symmetric_scores=False)
+    return gemm_flops(cfg)
 
 
-def minicrate_flops(cfg):
-    """What minicrate executes."""
-    return gemm_flops(cfg, ista_products=2, symmetric_scores=True)
+def minicrate_flops(cfg, fast=True):
+    """What minicrate executes: the fused layer recomputes the head outputs in backward."""
+    return gemm_flops(cfg, ista_products=2, symmetric_scores=True, recompute_heads=fast,
+                      image_grad=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,16 +342,34 @@ def make_batch(name, seed=0):
     return images, labels
 
 
+VARIANTS = {
+    # label: (fused layer, batch split over cores)
+    "minicrate": dict(fast=True, workers=None),
+    "minicrate[1 chunk]": dict(fast=True, workers=1),
+    "minicrate[plain]": dict(fast=False, workers=1),
+}
+
+
 class MinicrateRunner:
-    """minicrate on one backend: ``forward()`` (logits, cache and loss) and ``fwd_bwd()``."""
+    """minicrate on one backend: ``forward()`` (logits, cache and loss) and ``fwd_bwd()``.
 
-    label = "minicrate"
+    The default variant is what minicrate trains with: the fused layer
+    (:mod:`minicrate.fast`) and, on NumPy, the batch split over the cores
+    (:mod:`minicrate.parallel`; one chunk elsewhere).  ``minicrate[1 chunk]``
+    leaves the cores to BLAS threads; ``minicrate[plain]`` runs the plain blocks.
+    """
 
-    def __init__(self, name, dtype, backend="numpy", seed=0, params=None, fast=None):
+    def __init__(self, name, dtype, backend="numpy", seed=0, params=None, variant="minicrate",
+                 max_workers=None):
+        self.label = variant
         self.config = make_config(name, dtype)
-        self.options = {} if fast is None else {"fast": fast}  # None: minicrate's default path
         self.xp = get_backend(backend)
         self.backend = backend
+        opts = VARIANTS[variant]
+        self.fast = opts["fast"]
+        self.workers = default_workers(self.xp) if opts["workers"] is None else opts["workers"]
+        if max_workers is not None:  # --threads: at most that many cores for everyone
+            self.workers = max(1, min(self.workers, max_workers))
         self.params = params if params is not None else mc_model.init_params(
             self.config, seed=seed, backend=backend, dtype=dtype)
         images, labels = make_batch(name, seed)
@@ -352,15 +382,20 @@ class MinicrateRunner:
         else:
             self.sync = lambda: None
 
+    def describe(self):
+        return (f"{self.label}: {'fused' if self.fast else 'plain'} layers, batch in {self.workers} "
+                f"chunk(s){' on parallel threads with one-thread BLAS' if self.workers > 1 else ''}")
+
     def forward(self):
-        logits, cache = mc_model.forward(self.params, self.images, self.config, **self.options)
+        logits, caches = parallel.forward(self.params, self.images, self.config, workers=self.workers,
+                                          fast=self.fast)
         loss, _ = cross_entropy_forward(logits, self.labels, smoothing=self.config.label_smoothing)
         self.sync()
-        return loss, cache
+        return loss, caches
 
     def fwd_bwd(self):
-        loss, grads, _ = mc_model.loss_and_grads(self.params, self.images, self.labels, self.config,
-                                                   **self.options)
+        loss, grads, _ = parallel.loss_and_grads(self.params, self.images, self.labels, self.config,
+                                                 workers=self.workers, fast=self.fast)
         self.sync()
         return loss, grads
 
@@ -432,27 +467,32 @@ TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
 # ---------------------------------------------------------------------------------------------
 
 def _time_call(fn, number):
-    t0 = time.perf_counter()
+    """(wall seconds, process CPU seconds) per call, averaged over ``number`` calls.
+
+    CPU time counts every thread of this process and nothing else: on a busy
+    machine it hardly grows while we wait for a core, so with one thread per
+    library it is a robust second measure of the work done."""
+    c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(number):
         result = fn()
     del result
-    return (time.perf_counter() - t0) / number
+    return (time.perf_counter() - t0) / number, (time.process_time() - c0) / number
 
 
 def time_interleaved(runners, *, rounds, settle, min_sample=0.05):
-    """Median times of ``forward`` and ``fwd_bwd`` per runner, interleaved run by run.
+    """Times of ``forward`` and ``fwd_bwd`` per runner, interleaved run by run.
 
     Each round times every runner's forward, then every runner's
     forward+backward; the order of the runners alternates between rounds.
     Calls shorter than ``min_sample`` seconds are repeated inside one sample.
-    Returns ``{phase: {label: [seconds per call, one per round]}}``.
+    Returns ``{phase: {label: [(wall, cpu) seconds per call, one per round]}}``.
     """
     phases = {"forward": lambda r: r.forward, "fwd+bwd": lambda r: r.fwd_bwd}
     number = {}
     for r in runners:  # warm-up, and how many calls make one sample
         for phase, get in phases.items():
             get(r)()
-            t = _time_call(get(r), 1)
+            t, _ = _time_call(get(r), 1)
             number[(r.label, phase)] = max(1, math.ceil(min_sample / max(t, 1e-6)))
     samples = {phase: {r.label: [] for r in runners} for phase in phases}
     for i in range(rounds):
@@ -499,7 +539,8 @@ def memory_child(spec):
     spec = json.loads(spec)
     impl, name, dtype, threads = spec["impl"], spec["config"], spec["dtype"], spec["threads"]
     _set_threads(threads)
-    mc = MinicrateRunner(name, dtype, "numpy", seed=0)
+    mc = MinicrateRunner(name, dtype, "numpy", seed=0,
+                         variant=impl if impl in VARIANTS else "minicrate", max_workers=threads)
     runner = mc
     if impl == "torch":
         params = {k: to_numpy(v) for k, v in mc.params.items()}
@@ -525,7 +566,7 @@ def memory_child(spec):
     out = {"impl": impl, "config": name, "dtype": dtype, "baseline_mb": baseline / 1024,
            "peak_above_baseline_mb": (peak - baseline) / 1024, "hwm_reset": reset,
            "hwm_before_mb": hwm_before / 1024}
-    if impl == "minicrate":
+    if impl != "torch":
         import tracemalloc
 
         gc.collect()
@@ -614,78 +655,97 @@ def _set_threads(threads):
         pass
 
 
+def _gflop(f):
+    return {"forward": f["forward"] / 1e9, "fwd+bwd": (f["forward"] + f["backward"]) / 1e9}
+
+
 def run_config(name, dtype, args, torch_mod, ceilings, torch_ceilings):
     cfg = CONFIGS[name]
-    mc = MinicrateRunner(name, dtype, args.backend, seed=0)
+    runners = [MinicrateRunner(name, dtype, args.backend, seed=0, variant=v, max_workers=args.threads)
+               for v in args.variants]
+    mc = runners[0]
+    for r in runners[1:]:
+        r.params = mc.params  # one set of weights
     tc = None
     if torch_mod is not None:
         host_params = {k: to_numpy(v) for k, v in mc.params.items()}
         tc = TorchRunner(name, dtype, host_params, args.torch_device)
-    flops_t, flops_m = model_flops(cfg), minicrate_flops(cfg)
     N = (cfg["image_size"] // cfg["patch_size"]) ** 2 + 1
     print(f"\n== config ({name}) {dtype}: {cfg['image_size']}x{cfg['image_size']}x{cfg['channels']}, "
           f"patch {cfg['patch_size']}, d {cfg['dim']}, depth {cfg['depth']}, {cfg['heads']} heads, "
           f"batch {cfg['batch']}, {N} tokens, {mc_model.param_count(mc.config):,} parameters")
-    print(f"  GEMM GFLOP per batch: model (official form) fwd {flops_t['forward'] / 1e9:.2f}, "
-          f"fwd+bwd {(flops_t['forward'] + flops_t['backward']) / 1e9:.2f}; minicrate executes fwd "
-          f"{flops_m['forward'] / 1e9:.2f}, fwd+bwd {(flops_m['forward'] + flops_m['backward']) / 1e9:.2f}")
-    row = {"config": name, "dtype": dtype, "batch": cfg["batch"],
-           "model_gflop": {"forward": flops_t["forward"] / 1e9,
-                           "fwd+bwd": (flops_t["forward"] + flops_t["backward"]) / 1e9},
-           "minicrate_gflop": {"forward": flops_m["forward"] / 1e9,
-                               "fwd+bwd": (flops_m["forward"] + flops_m["backward"]) / 1e9}}
+    executed = {"torch": _gflop(model_flops(cfg))}
+    for r in runners:
+        executed[r.label] = _gflop(minicrate_flops(cfg, fast=r.fast))
+        print(f"  {r.describe()}")
+    print(f"  GEMM GFLOP per batch, fwd / fwd+bwd: official form (as torch runs it) "
+          f"{executed['torch']['forward']:.2f} / {executed['torch']['fwd+bwd']:.2f}; minicrate executes "
+          + ", ".join(f"{executed[r.label]['forward']:.2f} / {executed[r.label]['fwd+bwd']:.2f}"
+                      + (f" ({r.label})" if len(runners) > 1 else "") for r in runners))
+    row = {"config": name, "dtype": dtype, "batch": cfg["batch"], "model_gflop": executed["torch"],
+           "executed_gflop": executed, "variants": [r.describe() for r in runners]}
     if tc is not None:
         check = compare(mc, tc)
         row["check"] = check
-        ok = check["loss_rel_error"] <= TOLERANCE[dtype] and check["grad_max_rel_error"] <= TOLERANCE[dtype]
+        tol = TOLERANCE[dtype]
+        ok = check["loss_rel_error"] <= tol and check["grad_max_rel_error"] <= tol
         print(f"  same weights: loss {check['loss_minicrate']:.6f} (minicrate) vs {check['loss_torch']:.6f} "
               f"(torch), rel. error {check['loss_rel_error']:.1e}; gradients: max rel. error "
               f"{check['grad_max_rel_error']:.1e} ({check['grad_worst_param']}), median "
-              f"{check['grad_median_rel_error']:.1e} -> {'agree' if ok else 'DISAGREE'} "
-              f"(tolerance {TOLERANCE[dtype]:g})")
+              f"{check['grad_median_rel_error']:.1e} -> {'agree' if ok else 'DISAGREE'} (tolerance {tol:g})")
         if not ok and not args.no_check:
             raise SystemExit("minicrate and torch disagree; not timing (use --no-check to time anyway)")
-    runners = [mc] + ([tc] if tc is not None else [])
+    everyone = runners + ([tc] if tc is not None else [])
     load0 = os.getloadavg()
-    samples = time_interleaved(runners, rounds=args.rounds, settle=args.settle)
+    samples = time_interleaved(everyone, rounds=args.rounds, settle=args.settle)
     row["loadavg"] = [load0, os.getloadavg()]
     row["timing"] = {}
-    ceil_m = ceilings[dtype]
-    ceil_t = torch_ceilings.get(dtype) if torch_ceilings else None
     print(f"  timing: {args.rounds} interleaved rounds, load average {_fmt_load(load0)} -> "
           f"{_fmt_load(os.getloadavg())}")
-    print(f"  {'phase':8s} {'impl':9s} {'median ms':>10s} {'25-75% ms':>17s} {'model GF/s':>10s} "
-          f"{'exec GF/s':>9s} {'% ceiling':>9s}")
-    for phase, per in samples.items():
-        key = "forward" if phase == "forward" else "fwd+bwd"
+    width = max(len(r.label) for r in everyone)
+    print(f"  {'phase':8s} {'impl':{width}s} {'median ms':>10s} {'25-75% ms':>17s} {'min ms':>9s} "
+          f"{'CPU ms':>9s} {'model GF/s':>10s} {'exec GF/s':>9s} {'% ceiling':>9s}")
+    for phase, per_both in samples.items():
+        per = {label: [w for w, _ in xs] for label, xs in per_both.items()}
+        cpu = {label: [c for _, c in xs] for label, xs in per_both.items()}
         entry = {}
-        for r in runners:
+        for r in everyone:
             q1, med, q3 = _quartiles(per[r.label])
-            gf_model = row["model_gflop"][key] / med
-            executed = row["minicrate_gflop" if r.label == "minicrate" else "model_gflop"][key]
-            gf_exec = executed / med
-            ceil = ceil_m if r.label == "minicrate" else (ceil_t or ceil_m)
+            gf_model = row["model_gflop"][phase] / med
+            gf_exec = executed[r.label][phase] / med
+            ceil = (torch_ceilings or ceilings)[dtype] if r is tc else ceilings[dtype]
+            best = min(per[r.label])
+            cpu_med = statistics.median(cpu[r.label])
             entry[r.label] = {"median_ms": med * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
+                              "min_ms": best * 1e3, "cpu_median_ms": cpu_med * 1e3,
                               "model_gflops": gf_model, "executed_gflops": gf_exec,
-                              "ceiling_fraction": gf_exec / ceil, "samples_ms": [x * 1e3 for x in per[r.label]]}
-            print(f"  {phase:8s} {r.label:9s} {med * 1e3:10.2f} {q1 * 1e3:8.2f}-{q3 * 1e3:8.2f} "
-                  f"{gf_model:10.1f} {gf_exec:9.1f} {100 * gf_exec / ceil:8.1f}%")
+                              "ceiling_fraction": gf_exec / ceil,
+                              "samples_ms": [x * 1e3 for x in per[r.label]],
+                              "cpu_samples_ms": [x * 1e3 for x in cpu[r.label]]}
+            print(f"  {phase:8s} {r.label:{width}s} {med * 1e3:10.2f} {q1 * 1e3:8.2f}-{q3 * 1e3:8.2f} "
+                  f"{best * 1e3:9.2f} {cpu_med * 1e3:9.2f} {gf_model:10.1f} {gf_exec:9.1f} "
+                  f"{100 * gf_exec / ceil:8.1f}%")
         if tc is not None:
-            ratios = [a / b for a, b in zip(per["minicrate"], per["torch"])]
-            rq1, rmed, rq3 = _quartiles(ratios)
-            entry["ratio_of_medians"] = entry["minicrate"]["median_ms"] / entry["torch"]["median_ms"]
-            entry["paired_ratio"] = {"median": rmed, "q1": rq1, "q3": rq3}
-            print(f"  {phase:8s} ratio minicrate/torch: {entry['ratio_of_medians']:.3f} (ratio of medians); "
-                  f"per-round ratios median {rmed:.3f}, 25-75% {rq1:.3f}-{rq3:.3f}")
+            for r in runners:
+                e = entry[r.label]
+                ratios = [a / b for a, b in zip(per[r.label], per["torch"], strict=True)]
+                rq1, rmed, rq3 = _quartiles(ratios)
+                e["paired_ratio"] = {"median": rmed, "q1": rq1, "q3": rq3}
+                e["ratio_of_medians"] = e["median_ms"] / entry["torch"]["median_ms"]
+                e["ratio_of_minima"] = e["min_ms"] / entry["torch"]["min_ms"]
+                e["cpu_ratio"] = e["cpu_median_ms"] / entry["torch"]["cpu_median_ms"]
+                print(f"  {phase:8s} {r.label}/torch: per-round ratios median {rmed:.3f} "
+                      f"(25-75% {rq1:.3f}-{rq3:.3f}); ratio of medians {e['ratio_of_medians']:.3f}; "
+                      f"of minima {e['ratio_of_minima']:.3f}; of CPU times {e['cpu_ratio']:.3f}")
         row["timing"][phase] = entry
     if args.memory:
         if args.backend == "numpy" and args.torch_device == "cpu":
-            mem = {"minicrate": measure_memory("minicrate", name, dtype, args.threads)}
+            mem = {"minicrate": measure_memory(mc.label, name, dtype, args.threads)}
             if tc is not None:
                 mem["torch"] = measure_memory("torch", name, dtype, args.threads)
             row["memory"] = mem
             mcm = mem["minicrate"]["peak_above_baseline_mb"]
-            line = (f"  peak memory above baseline, fwd+bwd (RSS, fresh process each): minicrate {mcm:.1f} MB "
+            line = (f"  peak memory above baseline, fwd+bwd (RSS, fresh process each): {mc.label} {mcm:.1f} MB "
                     f"(NumPy tracemalloc peak {mem['minicrate']['tracemalloc_peak_mb']:.1f} MB)")
             if "torch" in mem:
                 tm = mem["torch"]["peak_above_baseline_mb"]
@@ -704,12 +764,14 @@ def run_config(name, dtype, args, torch_mod, ceilings, torch_ceilings):
 
 
 def markdown_table(rows, info, ceilings):
-    """A results table for the README."""
-    lines = ["| config | dtype | fwd minicrate / torch (ms) | ratio | fwd+bwd minicrate / torch (ms) | "
-             "ratio | peak MB minicrate / torch | ratio | GFLOP/s minicrate (exec) | % ceiling |",
+    """A results table for the README (the first minicrate variant against torch)."""
+    lines = ["| config | dtype | fwd ms minicrate / torch | ratio | fwd+bwd ms minicrate / torch | "
+             "ratio | peak MB minicrate / torch | ratio | minicrate GFLOP/s | % of GEMM ceiling |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
     for r in rows:
         f, fb = r["timing"]["forward"], r["timing"]["fwd+bwd"]
+        label = next(k for k in fb if k != "torch")
         t = "torch" in fb
         mem = r.get("memory", {})
 
@@ -719,13 +781,13 @@ def markdown_table(rows, info, ceilings):
         mem_cell = (f"{mb(mem['minicrate']):.0f} / {mb(mem['torch']):.0f}" if "torch" in mem
                     else (f"{mb(mem['minicrate']):.0f} / –" if mem else "–"))
         lines.append(
-            f"| ({r['config']}) | {r['dtype']} | {f['minicrate']['median_ms']:.1f} / "
-            f"{f['torch']['median_ms'] if t else float('nan'):.1f} | "
-            f"{f['paired_ratio']['median'] if t else float('nan'):.2f} | "
-            f"{fb['minicrate']['median_ms']:.1f} / {fb['torch']['median_ms'] if t else float('nan'):.1f} | "
-            f"{fb['paired_ratio']['median'] if t else float('nan'):.2f} | {mem_cell} | "
-            f"{r.get('memory_ratio', float('nan')):.2f} | {fb['minicrate']['executed_gflops']:.0f} | "
-            f"{100 * fb['minicrate']['ceiling_fraction']:.0f}% |")
+            f"| ({r['config']}) | {r['dtype']} | {f[label]['median_ms']:.1f} / "
+            f"{f['torch']['median_ms'] if t else nan:.1f} | "
+            f"{f[label]['paired_ratio']['median'] if t else nan:.2f} | "
+            f"{fb[label]['median_ms']:.1f} / {fb['torch']['median_ms'] if t else nan:.1f} | "
+            f"{fb[label]['paired_ratio']['median'] if t else nan:.2f} | {mem_cell} | "
+            f"{r.get('memory_ratio', nan):.2f} | {fb[label]['executed_gflops']:.0f} | "
+            f"{100 * fb[label]['ceiling_fraction']:.0f}% |")
     pools = info.get("threadpools")
     blas = ", ".join(f"{p['internal_api']} {p['version']} ({p.get('architecture')}, {p['num_threads']} thr)"
                      for p in pools) if isinstance(pools, list) else "?"
@@ -735,7 +797,7 @@ def markdown_table(rows, info, ceilings):
     lines.append(f"{info['cpu']}, {info['cores_usable']} cores; NumPy {info['numpy']} with {blas}; "
                  f"torch {torch_info.get('version', '–')} ({torch_info.get('blas', '–')}, "
                  f"{torch_info.get('threads', '–')} threads); NumPy GEMM ceiling GFLOP/s: {ceil}. "
-                 "Ratios are medians of per-round ratios with the implementations interleaved.")
+                 "Ratios: medians of per-round ratios, implementations interleaved run by run.")
     return "\n".join(lines)
 
 
@@ -748,6 +810,8 @@ def main(argv=None):
                    help="minicrate's array backend")
     p.add_argument("--torch-device", default=None, help="cpu or cuda (default: cuda with --backend cupy)")
     p.add_argument("--no-torch", action="store_true", help="time minicrate alone")
+    p.add_argument("--variants", default="minicrate",
+                   help="comma list of minicrate variants to time: " + ", ".join(VARIANTS))
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 21, 15 for (c))")
     p.add_argument("--settle", type=float, default=0.02,
                    help="pause (s) before each timed sample so idle BLAS/OpenMP threads stop spinning")
@@ -760,6 +824,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: few rounds, no float64 on (b)")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a file
     if args.memory_child is not None:
         memory_child(args.memory_child)
         return 0
@@ -767,6 +833,10 @@ def main(argv=None):
         args.torch_device = "cuda" if args.backend == "cupy" else "cpu"
     _set_threads(args.threads)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in args.variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; choose from {list(VARIANTS)}")
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     for n in names:
         if n not in CONFIGS:
@@ -794,6 +864,13 @@ def main(argv=None):
     lib = "cupy" if args.backend == "cupy" else "numpy"
     ceil_before = measure_ceiling(shapes, dtypes, lib=lib, cupy_mod=cupy_mod)
     print_ceiling(f"{lib} matmul, before the models", ceil_before)
+    ceil_one = None
+    if lib == "numpy":
+        from minicrate.parallel import one_thread_blas
+
+        with one_thread_blas():
+            ceil_one = measure_ceiling(shapes, dtypes, lib="numpy")
+        print_ceiling("numpy matmul with one BLAS thread (what each batch chunk gets)", ceil_one)
     torch_ceil = None
     if torch_mod is not None:
         torch_ceil = measure_ceiling(shapes, dtypes, lib="torch", torch_mod=torch_mod, device=args.torch_device)
@@ -821,6 +898,7 @@ def main(argv=None):
         print("\n" + markdown_table(rows, info, ceilings))
     if args.json:
         args.json.write_text(json.dumps({"system": info, "ceiling_before": ceil_before,
+                                         "ceiling_one_thread": ceil_one,
                                          "ceiling_after": ceil_after, "torch_ceiling": torch_ceil,
                                          "results": rows}, indent=1, default=str))
         print(f"wrote {args.json}")

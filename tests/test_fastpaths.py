@@ -143,3 +143,36 @@ def test_fast_layer_refuses_other_forms(switch):
     assert not fast.supports(**switch)
     with pytest.raises(ValueError, match="official form"):
         fast.layer_forward(normal(xp, (2, 3, 4), 0), _params(xp, 4, 2, 0), **switch)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_batch_split_equals_one_chunk(workers):
+    """minicrate.parallel: chunks of the batch on threads give the one-chunk loss and gradients."""
+    from minicrate import parallel
+
+    config = mc.CRATEConfig(image_size=8, patch_size=2, dim=16, depth=2, heads=2, num_classes=5,
+                            dtype="float64")
+    params = mc.init_params(config, seed=2)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((7, 1, 8, 8))
+    labels = rng.integers(0, 5, size=7)
+    loss, grads, logits = mc.loss_and_grads(params, images, labels, config)
+    loss_p, grads_p, logits_p = parallel.loss_and_grads(params, images, labels, config, workers=workers)
+    assert abs(loss_p - loss) <= 1e-13 * abs(loss)
+    _assert_close(logits_p, logits, 1e-13, "logits")
+    for k in grads:
+        _assert_close(grads_p[k], grads[k], 1e-12, f"grad {k}")
+    logits_f, caches = parallel.forward(params, images, config, workers=workers)
+    _assert_close(logits_f, logits, 1e-13, "forward logits")
+    assert len(caches) == workers
+
+
+def test_chunks_cover_the_batch():
+    from minicrate.parallel import chunks
+
+    for n in (1, 2, 7, 64):
+        for w in (1, 2, 3, 8):
+            parts = chunks(n, w)
+            assert [i for s in parts for i in range(s.start, s.stop)] == list(range(n))
+            sizes = [s.stop - s.start for s in parts]
+            assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
