@@ -35,8 +35,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 
 # The recipe measured for the README (float32, NumPy).
-MODEL = dict(context=128, dim=128, depth=4, heads=4, untied_head=False, dtype="float32")
-TRAIN = dict(batch_size=32, lr=3e-3, min_lr=3e-4, weight_decay=0.1, clip=1.0, warmup_steps=50,
+MODEL = dict(context=64, dim=128, depth=4, heads=4, untied_head=False, dtype="float32")
+TRAIN = dict(batch_size=32, lr=5e-3, min_lr=5e-4, weight_decay=0.1, clip=1.0, warmup_steps=50,
              eval_windows=128)
 
 
@@ -62,9 +62,13 @@ def seconds_per_step(mc, tc, corpus, n=6):
     import numpy as np
 
     from minicrate import lm
+    from minicrate.backend import get_backend
+    from minicrate.commands.train_lm import loss_and_grads
+    from minicrate.parallel import default_workers
     from minicrate.text import causal_batch, masked_batch, random_windows
     from minicrate.validate import finite_checks
 
+    workers = default_workers(get_backend("numpy"))
     params = lm.init_params(mc, seed=123)
     rng = np.random.default_rng(0)
     times = []
@@ -78,7 +82,7 @@ def seconds_per_step(mc, tc, corpus, n=6):
             else:
                 x, y, weights = masked_batch(w, mc.mask_id, rng)
             t = time.perf_counter()
-            lm.loss_and_grads(params, x, y, mc, weights)
+            loss_and_grads(params, x, y, mc, weights, workers=workers)
             if i:
                 times.append(time.perf_counter() - t)
     return float(np.median(times))
@@ -90,7 +94,8 @@ def run_form(form, budget, out, *, corpus, t_start, progress, log):
     from minicrate.commands.train_lm import LMTrainConfig, model_config_for, train_lm
 
     mc = model_config_for(corpus.vocab.size, {**MODEL, "form": form})
-    probe = LMTrainConfig(form=form, steps=1, warmup_steps=0, **{k: v for k, v in TRAIN.items()})
+    probe = LMTrainConfig(form=form, steps=1, warmup_steps=0,
+                          **{k: v for k, v in TRAIN.items() if k != "warmup_steps"})
     per_step = seconds_per_step(mc, probe, corpus)
     # An evaluation costs about eval_windows/batch_size forward passes (a third of a step each)
     # plus, at the end, a 120-character sample; keep 8 % of the budget for them and for saving.
@@ -157,8 +162,11 @@ def main(argv=None):
 
     os.makedirs(args.out, exist_ok=True)
     log = lambda msg: print(msg, flush=True)
+    from minicrate.backend import get_backend
+    from minicrate.parallel import default_workers, usable_cores
+
     info = {"load_average_start": load_average(), "blas": blas_threads(),
-            "cpu_count": os.cpu_count()}
+            "usable_cores": usable_cores(), "workers": default_workers(get_backend("numpy"))}
     results = {}
     for form in (["causal", "masked"] if args.form == "both" else [args.form]):
         t_start = time.perf_counter()  # the budget includes reading the corpus

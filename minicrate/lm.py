@@ -370,25 +370,32 @@ def _head_weight(params, config):
     return params["head.W"]
 
 
-def forward(params, tokens, config: LMConfig):
+def forward(params, tokens, config: LMConfig, *, fast=True):
     """Logits of every position.
 
     Args:
         params: from :func:`init_params`.
         tokens: integer ids ``(B, N)``, ``N <= config.context``.
         config: the :class:`LMConfig`.
+        fast: run the layers with the fused :func:`minicrate.fast.layer_forward`
+            (same mathematics, tested equal; official form only); ``False`` runs
+            the plain blocks of :mod:`minicrate.encoder`.
 
     Returns:
         ``(logits, cache)``, logits ``(B, N, V)``: at position t the causal model
         scores character t+1, the masked model scores character t itself.
     """
+    from . import fast as fused
+
+    options = dict(scale=config.attn_scale, tie_out=config.tie_out,
+                   use_layernorm=config.use_layernorm, eta=config.eta, lam=config.lam,
+                   causal=config.causal, ln_eps=config.ln_eps)
+    layer_forward = (fused.layer_forward if fast and fused.supports(**options)
+                     else encoder_layer_forward)
     Z, emb = embed_forward(tokens, params["tok_embedding"], params["pos_embedding"])
     layers, outputs = [], []
     for layer in range(config.depth):
-        Z, c = encoder_layer_forward(
-            Z, layer_params(params, layer), scale=config.attn_scale, tie_out=config.tie_out,
-            use_layernorm=config.use_layernorm, eta=config.eta, lam=config.lam,
-            causal=config.causal, ln_eps=config.ln_eps)
+        Z, c = layer_forward(Z, layer_params(params, layer), **options)
         layers.append(c)
         outputs.append(Z)
     logits, head = head_forward(Z, params["ln_f.gamma"], params["ln_f.beta"],
@@ -404,6 +411,8 @@ def backward(dlogits, cache):
     last to first (spec §8.5), the embedding; with a tied head the head's
     weight gradient is added to the character rows of the embedding's.
     """
+    from .fast import FastLayerCache, layer_backward
+
     config = cache["config"]
     xp = namespace(dlogits)
     grads = {}
@@ -411,7 +420,8 @@ def backward(dlogits, cache):
     grads["ln_f.gamma"], grads["ln_f.beta"], grads["head.b"] = g["gamma"], g["beta"], g["b"]
     dW_head = g["W"]
     for layer in reversed(range(config.depth)):
-        dZ, g = encoder_layer_backward(dZ, cache["layers"][layer])
+        c = cache["layers"][layer]
+        dZ, g = (layer_backward if isinstance(c, FastLayerCache) else encoder_layer_backward)(dZ, c)
         for key, value in g.items():
             grads[f"layers.{layer}.{key}"] = value
     g = embed_backward(dZ, cache["embed"])
@@ -429,7 +439,7 @@ def backward(dlogits, cache):
     return {k: grads[k] for k in cache["keys"]}
 
 
-def loss_and_grads(params, inputs, targets, config: LMConfig, weights=None):
+def loss_and_grads(params, inputs, targets, config: LMConfig, weights=None, *, fast=True):
     """One training step's loss (a float, nats/char), gradients and logits.
 
     Args:
@@ -437,8 +447,9 @@ def loss_and_grads(params, inputs, targets, config: LMConfig, weights=None):
         targets: ids ``(B, N)`` it must predict (next characters for the
             causal form; the original characters for the masked form).
         weights: ``(B, N)`` loss weights (the masked form passes its mask).
+        fast: fused layers (see :func:`forward`).
     """
-    logits, cache = forward(params, inputs, config)
+    logits, cache = forward(params, inputs, config, fast=fast)
     loss, lcache = lm_loss_forward(logits, targets, weights)
     grads = backward(lm_loss_backward(1.0, lcache), cache)
     return float(loss), grads, logits

@@ -47,9 +47,9 @@ def kink_free_model(config, xp, ids, margin=0.02):
     numbers on every backend, so every backend checks the same model."""
     for seed in range(100):
         params = lm.init_params(config, seed=seed, backend=xp)
-        logits, cache = lm.forward(params, ids, config)
-        if ista_margin(cache["layers"]) > margin:
-            return params, logits, cache
+        _, plain = lm.forward(params, ids, config, fast=False)
+        if ista_margin(plain["layers"]) > margin:
+            return params
     raise AssertionError("no kink-free seed found")  # pragma: no cover
 
 
@@ -123,28 +123,49 @@ def test_causal_encoder_layer_vjp(xp):
     check_vjp(f, inputs, dY, grads, max_entries=10).raise_if_failed()
 
 
-def _check_whole_model(xp, form, tie, max_entries):
+def _check_whole_model(xp, form, tie, max_entries, fast):
     config = tiny(form, tie_embedding=tie)
     ids = tokens(21, high=config.embed_rows)  # the masked model may read the mask id
-    params, logits, cache = kink_free_model(config, xp, ids)
+    params = kink_free_model(config, xp, ids)
+    logits, cache = lm.forward(params, ids, config, fast=fast)
     dY = normal(xp, tuple(logits.shape), 22)
     grads = lm.backward(dY, cache)
     assert set(grads) == set(params)
 
     def f(**p):
-        return lm.forward(p, ids, config)
+        return lm.forward(p, ids, config, fast=fast)
 
     check_vjp(f, params, dY, grads, max_entries=max_entries).raise_if_failed()
 
 
 def test_whole_causal_model_vjp(xp):
-    """Every parameter of a two-layer causal model with a tied head, on every backend."""
-    _check_whole_model(xp, "causal", True, max_entries=3)
+    """Every parameter of a two-layer causal model with a tied head, on every backend
+    (the plain encoder blocks)."""
+    _check_whole_model(xp, "causal", True, max_entries=3, fast=False)
 
 
-@pytest.mark.parametrize("form,tie", [("masked", True), ("causal", False)])
-def test_whole_model_vjp_other_forms(form, tie):
-    _check_whole_model(lm.namespace(np.zeros(1)), form, tie, max_entries=6)
+@pytest.mark.parametrize("form,tie,fast", [("masked", True, False), ("causal", False, False),
+                                           ("causal", True, True), ("masked", True, True)])
+def test_whole_model_vjp_other_forms_and_fused_layers(form, tie, fast):
+    _check_whole_model(lm.namespace(np.zeros(1)), form, tie, max_entries=5, fast=fast)
+
+
+@pytest.mark.parametrize("form", ["causal", "masked"])
+def test_fused_layers_match_the_plain_blocks(form):
+    config = tiny(form, depth=3)
+    params = lm.init_params(config, seed=9)
+    ids = tokens(2, high=config.embed_rows, shape=(3, 5))
+    a, ca = lm.forward(params, ids, config, fast=True)
+    b, cb = lm.forward(params, ids, config, fast=False)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    dY = normal(np, a.shape, 3)
+    ga, gb = lm.backward(dY, ca), lm.backward(dY, cb)
+    for k in params:
+        np.testing.assert_allclose(ga[k], gb[k], rtol=1e-10, atol=1e-12)
+    ia, ib = lm.intermediates(ca), lm.intermediates(cb)
+    for key in ("mssa_inputs", "ista_outputs", "attention"):
+        for x, y in zip(ia[key], ib[key], strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
 
 
 def test_causal_output_ignores_the_future():
@@ -338,3 +359,21 @@ def test_layerwise_measurements_match_the_rates_functions():
         nz = nonzero_fraction(inter["ista_outputs"][layer])
         assert np.isclose(out["nonzero"][layer], float(nz), rtol=1e-12)
         assert 0 < out["nonzero"][layer] <= 1 and out["rc_std"][layer] >= 0
+
+
+@pytest.mark.parametrize("form", ["causal", "masked"])
+def test_batch_split_over_threads_matches_one_chunk(form):
+    from minicrate.commands.train_lm import loss_and_grads as split_step
+
+    config = tiny(form)
+    params = lm.init_params(config, seed=5)
+    ids = tokens(8, shape=(5, 4))
+    weights = None
+    if form == "masked":
+        weights = np.zeros((5, 4))
+        weights[[0, 1, 1, 2, 3, 4, 4, 4], [0, 1, 2, 3, 0, 1, 2, 3]] = 1.0
+    one = lm.loss_and_grads(params, ids, ids, config, weights)
+    three = split_step(params, ids, ids, config, weights, workers=3)
+    assert np.isclose(one[0], three[0], rtol=1e-12)
+    for k in params:
+        np.testing.assert_allclose(three[1][k], one[1][k], rtol=1e-10, atol=1e-13)

@@ -25,12 +25,14 @@ def add_arguments(p):
 
 def run(args):
     from .. import lm
+    from ..parallel import one_thread_blas
     from ..validate import finite_checks
     from .train_lm import load_run
 
     params, config, vocab, _ = load_run(args.run, backend=args.backend)
     prompt = args.prompt.replace("\\n", "\n")
-    with finite_checks(False):
+    # One sequence at a time: small products, where BLAS threads only add overhead.
+    with finite_checks(False), one_thread_blas():
         if config.causal:
             text = lm.generate(params, config, vocab, prompt, args.length,
                                temperature=args.temperature, top_k=args.top_k, seed=args.seed)

@@ -22,6 +22,7 @@ and ``curves.png``; ``minicrate sample RUN_DIR`` reads it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -63,6 +64,7 @@ class LMTrainConfig:
     checkpoint_every: int = 0
     time_limit_s: float | None = None
     backend: str = "numpy"
+    workers: int = 0  # threads per batch; 0: one per usable core on NumPy, else 1
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -81,7 +83,49 @@ class LMTrainConfig:
 
 
 _RESUME_FREE = {"steps", "backend", "eval_windows", "checkpoint_every", "time_limit_s",
-                "eval_every"}
+                "eval_every", "workers"}
+
+
+# ----------------------------------------------------------------------------------------
+# One step's gradients, the batch split over the cores
+# ----------------------------------------------------------------------------------------
+
+
+def loss_and_grads(params, inputs, targets, config, weights=None, *, workers=1):
+    """:func:`minicrate.lm.loss_and_grads` with the batch split over ``workers`` threads.
+
+    Each chunk of windows runs the whole forward and backward in its own thread
+    with one-thread BLAS (:mod:`minicrate.parallel`): on a small model this uses
+    every core for the elementwise work too, and it avoids BLAS threads fighting
+    over a busy machine.  The loss is a mean over the selected positions, so
+    chunk i enters with the share ``n_i / n`` of those positions (all of them
+    for the causal form, the masked ones for the masked form) -- the result is
+    the one-chunk computation up to rounding.
+    """
+    from .. import lm
+    from ..parallel import map_chunks
+
+    B = inputs.shape[0]
+    if workers <= 1 or B < 2:
+        return lm.loss_and_grads(params, inputs, targets, config, weights)
+
+    def part(s):
+        w = None if weights is None else weights[s]
+        return s, lm.loss_and_grads(params, inputs[s], targets[s], config, w)
+
+    results = map_chunks(part, B, workers)
+    shares = [float(weights[s].sum()) if weights is not None else (s.stop - s.start) * 1.0
+              for s, _ in results]
+    total = sum(shares)
+    loss, grads = 0.0, None
+    for share, (_, (loss_i, grads_i, _)) in zip(shares, results, strict=True):
+        w = share / total
+        loss += w * loss_i
+        if grads is None:
+            grads = {k: w * g for k, g in grads_i.items()}
+        else:
+            grads = {k: grads[k] + w * g for k, g in grads_i.items()}
+    return loss, grads, None
 
 
 # ----------------------------------------------------------------------------------------
@@ -104,17 +148,19 @@ def validation_set(corpus, model_config, count, seed):
     return {"inputs": inputs, "targets": targets, "weights": weights}
 
 
-def evaluate(params, model_config, val, *, batch_size=64, baseline_char=None):
+def evaluate(params, model_config, val, *, batch_size=64, baseline_char=None, workers=1):
     """Validation cross-entropy in nats/char (and masked accuracy) over ``val``.
 
     Returns ``{"loss"}`` for the causal form; the masked form adds
     ``"accuracy"`` (argmax at masked positions) and, given ``baseline_char``
     (an id), ``"baseline_accuracy"``: how often always guessing it is right.
+    Each batch is split over ``workers`` threads (:mod:`minicrate.parallel`).
     """
     import numpy as np
 
     from .. import lm
     from ..backend import namespace, to_numpy
+    from ..parallel import map_chunks
     from ..validate import finite_checks
 
     xp = namespace(params["tok_embedding"])
@@ -127,7 +173,10 @@ def evaluate(params, model_config, val, *, batch_size=64, baseline_char=None):
     with finite_checks(False):
         for start in range(0, len(inputs), batch_size):
             sl = slice(start, start + batch_size)
-            logits, _ = lm.forward(params, inputs[sl], model_config)
+            xb = inputs[sl]
+            parts = map_chunks(lambda c, xb=xb: lm.forward(params, xb[c], model_config)[0],
+                               len(xb), workers)
+            logits = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
             loss, _ = lm.lm_loss_forward(logits, targets[sl], weights[sl])
             n = float(weights[sl].sum())
             total += float(loss) * n
@@ -230,6 +279,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
     from .. import lm
     from ..backend import get_backend, host_to
     from ..optim import clip_by_global_norm, make_optimizer
+    from ..parallel import default_workers, one_thread_blas
     from ..schedule import warmup_cosine
     from ..text import causal_batch, load_corpus, masked_batch, random_windows
     from ..train import TrainingDiverged, TrainingInterrupted, _progress_factory, _Signals
@@ -247,6 +297,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
     ck_file = os.path.join(out_dir, CHECKPOINT)
     corpus.vocab.save(os.path.join(out_dir, VOCAB))
     xp = get_backend(tc.backend)
+    workers = tc.workers or default_workers(xp)
     window = mc.context + (1 if mc.causal else 0)
     steps_per_epoch = max(1, corpus.train.size // (tc.batch_size * mc.context))
     params = lm.init_params(mc, seed=tc.seed, backend=xp)
@@ -321,7 +372,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
                                  f"({lm.param_count(mc):,} parameters)")
 
     def evaluate_now(final):
-        result = evaluate(params, mc, val, baseline_char=baseline_char)
+        result = evaluate(params, mc, val, baseline_char=baseline_char, workers=workers)
         entry = {"step": step, "epoch": step / steps_per_epoch, "lr": lr,
                  "train_loss": running["loss_sum"] / max(1, running["n"]),
                  "val_loss": result["loss"], "wall_time_s": wall()}
@@ -329,9 +380,10 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
             entry["val_accuracy"] = result["accuracy"]
             entry["val_baseline_accuracy"] = result["baseline_accuracy"]
         elif final:  # a short sample at the end (sampling 120 characters costs 120 forwards)
-            entry["sample"] = lm.generate(params, mc, corpus.vocab, "ROMEO:" if "R" in
-                                          corpus.vocab.chars else corpus.vocab.chars[0], 120,
-                                          temperature=0.8, top_k=10, seed=tc.seed)
+            prompt = "ROMEO:" if set("ROMEO:") <= set(corpus.vocab.chars) else corpus.vocab.chars[0]
+            with one_thread_blas() if workers > 1 else contextlib.nullcontext():
+                entry["sample"] = lm.generate(params, mc, corpus.vocab, prompt, 120,
+                                              temperature=0.8, top_k=10, seed=tc.seed)
         history.append(entry)
         running.update(loss_sum=0.0, n=0)
         extra = (f"  masked acc {entry['val_accuracy']:.3f} (baseline "
@@ -353,7 +405,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
                                                         rate=mc.mask_rate)
             lr = warmup_cosine(step, total_steps=tc.steps, warmup_steps=tc.warmup_steps,
                                base_lr=tc.lr, min_lr=tc.min_lr)
-            loss, grads, _ = lm.loss_and_grads(params, inputs, targets, mc, weights)
+            loss, grads, _ = loss_and_grads(params, inputs, targets, mc, weights, workers=workers)
             gnorm = None
             if tc.clip is not None:
                 grads, gnorm = clip_by_global_norm(grads, tc.clip)
@@ -484,6 +536,8 @@ def add_arguments(p):
     p.add_argument("--checkpoint-every", type=int, default=0, help="extra checkpoints (steps)")
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--backend", default="numpy")
+    p.add_argument("--workers", type=int, default=0, help="threads per batch (0: one per core "
+                   "on NumPy)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--no-progress", action="store_true")
 
@@ -496,7 +550,7 @@ def train_config_from(args):
         split_seed=args.split_seed, val_plays=args.val_plays, markdown=args.markdown,
         eval_every=args.eval_every, eval_windows=args.eval_windows,
         checkpoint_every=args.checkpoint_every, time_limit_s=args.time_limit,
-        backend=args.backend)
+        backend=args.backend, workers=args.workers)
 
 
 def run(args):
