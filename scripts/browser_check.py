@@ -141,9 +141,11 @@ CHECK_SCRIPT = r"""
                         .map(function (el) { return el.textContent.slice(0, 80); });
     var text = visibleText(document.body);
     var raw = [];
-    ["$$", "\\(", "\\)", "\\[", "\\]", "\\begin{", "\\frac", "\\mathbb", "\\nabla"].forEach(function (tok) {
+    var tokens = ["$$", "\\(", "\\)", "\\[", "\\]", "\\begin{", "\\frac", "\\mathbb", "\\nabla"];
+    tokens.forEach(function (tok) {
       var i = text.indexOf(tok);
-      if (i >= 0) raw.push(tok + " in: " + text.slice(Math.max(0, i - 40), i + 40).replace(/\s+/g, " "));
+      var around = text.slice(Math.max(0, i - 40), i + 40).replace(/\s+/g, " ");
+      if (i >= 0) raw.push(tok + " in: " + around);
     });
     var images = pageImages().map(function (img) {
       return {src: img.getAttribute("src"), complete: img.complete,

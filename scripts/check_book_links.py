@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     if len(argv) != 1:
         print(__doc__)
         return 2
-    problems = check_links(argv[0]) + [f"external resource: {r}" for r in external_resources(argv[0])]
+    external = [f"external resource: {r}" for r in external_resources(argv[0])]
+    problems = check_links(argv[0]) + external
     for p in problems:
         print(p)
     print(f"{len(problems)} problem(s)")

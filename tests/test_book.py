@@ -74,7 +74,8 @@ def _jupyter_book():
 @pytest.fixture(scope="session")
 def built_book():
     """Build the book once; returns (returncode, log text, html dir, seconds)."""
-    pytest.importorskip("jupyter_book", reason="jupyter-book is not installed (pip install -e '.[book]')")
+    pytest.importorskip("jupyter_book",
+                        reason="jupyter-book is not installed (pip install -e '.[book]')")
     out = Path(os.environ.get("MINICRATE_BOOK_OUT", BOOK)).resolve()
     html = out / "_build" / "html"
     shutil.rmtree(html, ignore_errors=True)  # keep _build/.jupyter_cache, drop stale pages
@@ -128,7 +129,8 @@ def test_book_imports_minicrate_and_never_redefines_it():
     """Chapters show library code with literalinclude; they must not re-implement it."""
     import minicrate
 
-    public = {n for n in dir(minicrate) if callable(getattr(minicrate, n)) and not n.startswith("_")}
+    public = {n for n in dir(minicrate)
+              if callable(getattr(minicrate, n)) and not n.startswith("_")}
     for name in _toc_files():
         text = _source(name).read_text()
         if not _has_code(text):
@@ -178,7 +180,8 @@ def test_figures_are_computed_images_that_exist(built_book):
             path = html / src
             assert path.exists(), f"{name}: image {src} missing"
             head = path.read_bytes()[:8]
-            assert head.startswith(b"\x89PNG") or src.endswith(".svg"), f"{name}: {src} is not an image"
+            is_image = head.startswith(b"\x89PNG") or src.endswith(".svg")
+            assert is_image, f"{name}: {src} is not an image"
             assert path.stat().st_size > 1000, f"{name}: {src} is suspiciously small"
             n_images += 1
     assert n_images >= 8, f"only {n_images} figures in the whole book"
@@ -202,7 +205,8 @@ def test_internal_links_and_equation_references_resolve(built_book):
 
 def test_pages_load_nothing_from_other_hosts(built_book):
     _, _, html, _ = built_book
-    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file(), "MathJax is not served locally"
+    mathjax = html / "_static" / "mathjax" / "tex-chtml.js"
+    assert mathjax.is_file(), "MathJax is not served locally"
     assert 'src="_static/mathjax/tex-chtml.js"' in (html / "coding-rate.html").read_text()
     external = check_book_links.external_resources(html)
     assert not external, "pages would load resources from other hosts:\n" + "\n".join(external[:20])
