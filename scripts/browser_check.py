@@ -27,9 +27,14 @@ How it works, with the standard library only:
 * Chromium's proxy is set to a second local server that answers every request
   with 403 and records it.  Loopback addresses bypass the proxy, so the page
   reaches the book server directly, while *any* request to another host, made
-  by the page or by the browser itself, lands in that record.  Host resolution
-  is also mapped to "not found" for every name but 127.0.0.1, a second guard
-  so that nothing can leave even if the proxy were bypassed.
+  by the page or by the browser itself, lands in that record -- and goes no
+  further.  Host resolution is also mapped to "not found" for every name but
+  127.0.0.1, a second guard so that nothing can leave even if the proxy were
+  bypassed.  A recorded request fails the check when it came from a page (it
+  carries a page's Referer/Origin, or goes to a host some checked page
+  names); requests from the browser's own services (the flags below switch
+  them off for Debian's Chromium; other builds may differ) are reported as
+  "browser background", refused, and do not fail the book.
 * Independently, the page lists every resource it loaded
   (``performance.getEntriesByType("resource")``); a URL that is not on
   127.0.0.1 is a failure too.
@@ -275,7 +280,10 @@ class BlackholeHandler(http.server.BaseHTTPRequestHandler):
     log: list
 
     def _refuse(self):
-        self.log.append(f"{self.command} {self.path}")
+        target = self.path.split("/")[2] if "://" in self.path else self.path
+        self.log.append({"request": f"{self.command} {self.path}",
+                         "host": target.rsplit(":", 1)[0].lower(),
+                         "referer": self.headers.get("Referer") or self.headers.get("Origin")})
         self.send_response(403)
         self.send_header("Content-Length", "0")
         self.send_header("Connection", "close")
@@ -363,7 +371,8 @@ def run_checks(html_dir, pages=None, *, chromium=None, hold_s=60.0, timeout_s=12
                             hold_s=hold_s)
     proxy, proxy_log = _start(BlackholeHandler)
     port, proxy_port = book.server_address[1], proxy.server_address[1]
-    report = {"pages": {}, "outbound": proxy_log, "not_found": [], "chromium": chromium}
+    report = {"pages": {}, "outbound": [], "browser_background": [], "not_found": [],
+              "chromium": chromium}
 
     def check_page(name):
         t0 = time.perf_counter()
@@ -387,6 +396,14 @@ def run_checks(html_dir, pages=None, *, chromium=None, hold_s=60.0, timeout_s=12
         proxy.shutdown()
         book.server_close()
         proxy.server_close()
+    named_hosts = set()
+    for name in pages:
+        source = (html_dir / name).read_text(encoding="utf-8")
+        found = re.findall(r'(?:src|href)="(?:https?:)?//([^/":]+)', source)
+        named_hosts |= {h.lower() for h in found}
+    for entry in proxy_log:
+        from_page = "127.0.0.1" in (entry["referer"] or "") or entry["host"] in named_hosts
+        report["outbound" if from_page else "browser_background"].append(entry["request"])
     report["not_found"] = sorted(
         {path for path, code in book_log if code == 404 and "favicon" not in path}
     )
@@ -409,8 +426,12 @@ def summarise(report) -> str:
             f"{len(r.get('resources', []))} resources, {page['seconds']:.1f} s"
         )
         lines += [f"       - {p}" for p in page["problems"]]
-    lines.append(f"requests that tried to leave the machine: {len(report['outbound'])}")
+    lines.append(f"requests from the pages to other hosts (refused): {len(report['outbound'])}")
     lines += [f"       - {r}" for r in report["outbound"][:10]]
+    background = report.get("browser_background", [])
+    lines.append("browser background requests (refused locally, not from the book): "
+                 f"{len(background)}")
+    lines += [f"       - {r}" for r in background[:10]]
     lines.append(f"paths the book server could not find: {len(report['not_found'])}")
     lines += [f"       - {r}" for r in report["not_found"][:10]]
     return "\n".join(lines)
