@@ -37,6 +37,7 @@ import zipfile
 import numpy as np
 
 from .backend import to_numpy
+from .validate import describe as _describe
 
 FORMAT = "minicrate-checkpoint"
 VERSION = 1
@@ -95,6 +96,21 @@ def _join_extra(value, arrays):
     return value
 
 
+def _fspath(path):
+    """``path`` as a string, or a ``TypeError`` naming the argument."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(
+            f"path must be a file name (str or os.PathLike), got {type(path).__name__} {path!r}"
+        ) from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path:
+        raise ValueError("path must be a file name such as 'checkpoint.npz', got ''")
+    return path
+
+
 def save(path, params, config, extra=None):
     """Write a checkpoint atomically (temporary file, fsync, ``os.replace``).
 
@@ -105,14 +121,25 @@ def save(path, params, config, extra=None):
         extra: optional nested dict of arrays, numbers, strings and lists.
     Returns:
         ``path``.
+    Raises:
+        CheckpointError: ``path`` is a directory (as :func:`load` does).
+        TypeError: ``path``, ``params``, ``config`` or ``extra`` has the wrong type.
     """
-    path = os.fspath(path)
+    path = _fspath(path)
+    if os.path.isdir(path) or path.endswith((os.sep, "/")):
+        raise CheckpointError(
+            f"path {path!r} is a directory, not a checkpoint file; give a file name such as "
+            f"{os.path.join(path, 'checkpoint.npz')!r}"
+        )
     if not isinstance(params, dict) or not params:
-        raise TypeError("params must be a non-empty dict of arrays")
+        got = "an empty dict" if isinstance(params, dict) else type(params).__name__
+        raise TypeError(f"params must be a non-empty dict of arrays, got {got}")
     arrays = {}
     for key, value in params.items():
         if not isinstance(key, str) or not key:
             raise TypeError(f"parameter names must be non-empty strings, got {key!r}")
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+            raise TypeError(f"params[{key!r}] must be an array, got {_describe(value)}")
         arrays[f"params/{key}"] = np.asarray(to_numpy(value))
     meta = {
         "format": FORMAT,
@@ -148,7 +175,7 @@ def save(path, params, config, extra=None):
 
 
 def _open(path):
-    path = os.fspath(path)
+    path = _fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if os.path.isdir(path):
@@ -211,7 +238,7 @@ def load(path, *, expect_config=None):
         :class:`~minicrate.model.CRATEConfig`, and the ``extra`` dict as saved.
     """
     archive, meta = _open(path)
-    source = os.fspath(path)
+    source = _fspath(path)
     try:
         with archive:
             arrays = {name: archive[name] for name in archive.files if name != _HEADER}

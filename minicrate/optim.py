@@ -40,14 +40,50 @@ in the repo's ``main.py``).
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
 
-from .backend import namespace
+from .backend import device_of, namespace
+from .validate import check_int, check_positive, check_real, describe, finite_checks_enabled
 
 OPTIMIZERS = ("sgd", "adamw", "lion")
 
 
+def _check_dict(d, name):
+    if not isinstance(d, Mapping):
+        raise TypeError(f"{name} must be a dict of arrays {{key: array}}, got {describe(d)}")
+
+
+def _check_float_array(x, name, *, floating=True):
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise TypeError(f"{name} must be an array, got {describe(x)}")
+    if floating and not namespace(x).isdtype(x.dtype, "real floating"):
+        raise TypeError(
+            f"{name} must have a real floating dtype (float32 or float64), got {describe(x)}"
+        )
+
+
+def _check_like(x, name, theta, theta_name, hint=""):
+    """``x`` must have the backend, dtype and device of the parameter ``theta``."""
+    if type(x) is not type(theta) or x.dtype != theta.dtype:
+        raise TypeError(
+            f"{name} must have the backend and dtype of {theta_name} "
+            f"({type(theta).__module__}.{type(theta).__name__} {theta.dtype}), "
+            f"got {type(x).__module__}.{type(x).__name__} {x.dtype}{hint}"
+        )
+    if device_of(x) != device_of(theta):
+        raise ValueError(
+            f"{name} must live on the device of {theta_name} ({device_of(theta)}), "
+            f"got {device_of(x)}{hint}"
+        )
+
+
 def _check_grads(params, grads):
+    """Same keys and shapes; every entry a real floating array, each gradient
+    on the backend, dtype and device of its parameter."""
+    _check_dict(params, "params")
+    _check_dict(grads, "grads")
     missing = sorted(set(params) - set(grads))
     extra = sorted(set(grads) - set(params))
     if missing or extra:
@@ -56,24 +92,46 @@ def _check_grads(params, grads):
             f"missing {missing[:5]}, unexpected {extra[:5]}"
         )
     for k, p in params.items():
+        _check_float_array(p, f"params[{k!r}]")
+        _check_float_array(grads[k], f"grads[{k!r}]", floating=False)  # _check_like covers it
         if tuple(grads[k].shape) != tuple(p.shape):
             raise ValueError(
                 f"grads[{k!r}] has shape {tuple(grads[k].shape)}, expected {tuple(p.shape)}"
             )
+        _check_like(grads[k], f"grads[{k!r}]", p, f"params[{k!r}]")
+
+
+def _check_finite(params, grads):
+    """Raise naming the first parameter whose value or gradient holds NaN/inf
+    (one ``isfinite`` pass per array)."""
+    for k in params:
+        for name, a in ((f"params[{k!r}]", params[k]), (f"grads[{k!r}]", grads[k])):
+            xp = namespace(a)
+            if not bool(xp.all(xp.isfinite(a))):
+                raise ValueError(
+                    f"{name} contains NaN or inf values ({describe(a)}); an update would "
+                    "spread them to every later step"
+                )
 
 
 def _nonneg(value, name):
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return value
+    return check_positive(value, name, allow_zero=True)
 
 
 def _beta(value, name):
-    value = float(value)
+    value = check_real(value, name)
     if not 0 <= value < 1:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
     return value
+
+
+def _betas(betas):
+    """A pair ``(β1, β2)`` of numbers in [0, 1)."""
+    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+        raise TypeError(
+            f"betas must be a pair (beta1, beta2) of numbers in [0, 1), got {describe(betas)}"
+        )
+    return (_beta(betas[0], "betas[0]"), _beta(betas[1], "betas[1]"))
 
 
 class Optimizer:
@@ -96,6 +154,10 @@ class Optimizer:
     def __init__(self, lr, *, weight_decay=0.0, decay=None):
         self.lr = _nonneg(lr, "lr")
         self.weight_decay = _nonneg(weight_decay, "weight_decay")
+        if decay is not None and not callable(decay):
+            raise TypeError(
+                f"decay must be None or a function decay(key) -> bool, got {describe(decay)}"
+            )
         self.decay = decay
         self.t = 0  # number of steps taken
         self.state: dict[str, dict] = {name: {} for name in self.BUFFERS}
@@ -105,14 +167,35 @@ class Optimizer:
         """Apply one update to ``params`` (a dict, updated and returned).
 
         Args:
-            params: ``{key: array}``; entries are replaced by new arrays.
-            grads: ``{key: array}`` with the same keys and shapes.
+            params: ``{key: array}`` of real floating arrays; entries are
+                replaced by new arrays.
+            grads: ``{key: array}`` with the same keys, shapes, backend,
+                dtypes and devices.
             lr: this step's learning rate (default ``self.lr``), e.g. from
                 :func:`minicrate.schedule.warmup_cosine`.
         Returns:
             ``params``.
+        Raises:
+            TypeError/ValueError: naming the key of a parameter or gradient
+                that is not a floating array, has another shape, backend,
+                dtype or device, or holds NaN/inf.  The NaN/inf scan (one pass
+                per array) is skipped inside
+                :func:`minicrate.validate.finite_checks` ``(False)``, as in
+                :func:`minicrate.train.train`, which checks the gradient norm
+                itself.
         """
         _check_grads(params, grads)
+        if finite_checks_enabled():
+            _check_finite(params, grads)
+        for name, buffers in self.state.items():
+            for key in buffers.keys() & params.keys():
+                _check_like(
+                    buffers[key],
+                    f"optimizer state {name}[{key!r}]",
+                    params[key],
+                    f"params[{key!r}]",
+                    hint="; load_state_dict(state, like=params) moves a loaded state there",
+                )
         lr = self.lr if lr is None else _nonneg(lr, "lr")
         self.t += 1
         for key in params:
@@ -152,11 +235,28 @@ class Optimizer:
     def load_state_dict(self, state, *, like=None):
         """Restore a :meth:`state_dict`; ``like`` (a params dict) moves the
         buffers to its backend, device and dtypes (checkpoints load as NumPy)."""
+        if not isinstance(state, Mapping):
+            raise TypeError(
+                f"state must be a dict from state_dict() (keys 'name', 't', 'buffers'), "
+                f"got {describe(state)}"
+            )
+        missing = [k for k in ("name", "t", "buffers") if k not in state]
+        if missing:
+            raise ValueError(
+                f"state is missing {missing}; expected a dict from state_dict() with the keys "
+                "'name', 't', 'buffers'"
+            )
+        if not isinstance(state["buffers"], Mapping):
+            raise TypeError(
+                f"state['buffers'] must be a dict of arrays, got {describe(state['buffers'])}"
+            )
+        if like is not None:
+            _check_dict(like, "like")
         if state.get("name") != self.NAME:
             raise ValueError(
                 f"optimizer state is for {state.get('name')!r}, cannot load it into {self.NAME!r}"
             )
-        self.t = int(state["t"])
+        self.t = check_int(state["t"], "state['t']", minimum=0)
         self.state = {name: {} for name in self.BUFFERS}
         for flat, value in state["buffers"].items():
             name, _, key = flat.partition("/")
@@ -200,10 +300,8 @@ class AdamW(Optimizer):
 
     def __init__(self, lr, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decay=None):
         super().__init__(lr, weight_decay=weight_decay, decay=decay)
-        self.betas = (_beta(betas[0], "betas[0]"), _beta(betas[1], "betas[1]"))
-        if not float(eps) > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        self.eps = float(eps)
+        self.betas = _betas(betas)
+        self.eps = check_positive(eps, "eps")
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps}
@@ -227,7 +325,7 @@ class Lion(Optimizer):
 
     def __init__(self, lr, *, betas=(0.9, 0.99), weight_decay=0.0, decay=None):
         super().__init__(lr, weight_decay=weight_decay, decay=decay)
-        self.betas = (_beta(betas[0], "betas[0]"), _beta(betas[1], "betas[1]"))
+        self.betas = _betas(betas)
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "betas": list(self.betas)}
@@ -244,13 +342,20 @@ class Lion(Optimizer):
 def make_optimizer(name, lr, *, weight_decay=0.0, decay=None, **options):
     """An optimiser by name: ``"sgd"``, ``"adamw"`` or ``"lion"``."""
     classes = {"sgd": SGD, "adamw": AdamW, "lion": Lion}
-    if name not in classes:
+    if not isinstance(name, str) or name not in classes:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    known = [p for p in inspect.signature(classes[name]).parameters if p not in ("lr", "decay")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"optimizer {name!r} has no option {unknown}; its options are {known}")
     return classes[name](lr, weight_decay=weight_decay, decay=decay, **options)
 
 
 def global_norm(grads):
     """‖g‖ over all arrays together: √(Σ_k Σ g_k²), as a Python float."""
+    _check_dict(grads, "grads")
+    for k, g in grads.items():
+        _check_float_array(g, f"grads[{k!r}]")
     total = 0.0
     for g in grads.values():
         xp = namespace(g)
@@ -265,9 +370,7 @@ def clip_by_global_norm(grads, max_norm):
     (a float; ``inf``/``nan`` if a gradient is not finite, in which case the
     gradients come back unchanged so the caller can stop).
     """
-    max_norm = float(max_norm)
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    max_norm = check_positive(max_norm, "max_norm")
     norm = global_norm(grads)
     if not math.isfinite(norm) or norm <= max_norm:
         return dict(grads), norm

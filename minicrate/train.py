@@ -45,11 +45,12 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .augment import batch_rng, random_shift
-from .backend import get_backend, host_to, to_numpy
+from .backend import BACKENDS, get_backend, host_to, to_numpy
+from .data import DATASETS
 from .model import CRATEConfig, forward, init_params, loss_and_grads, param_count, preset
-from .optim import clip_by_global_norm, global_norm, make_optimizer
+from .optim import OPTIMIZERS, clip_by_global_norm, global_norm, make_optimizer
 from .schedule import warmup_cosine
-from .validate import finite_checks
+from .validate import check_int, check_keys, check_positive, describe, finite_checks
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.json"
@@ -74,6 +75,10 @@ class TrainConfig:
     ``shift`` is the augmentation's largest random shift in pixels (0: off).
     ``clip`` is the global gradient-norm bound (``None``: no clipping).
     ``checkpoint_every`` adds mid-epoch checkpoints every that many steps.
+
+    Every field is checked on construction (and by ``dataclasses.replace``):
+    a bad value raises ``ValueError``/``TypeError`` naming the field, what it
+    got and what was expected.
     """
 
     data: str = "digits"
@@ -94,20 +99,35 @@ class TrainConfig:
     checkpoint_every: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"clip must be > 0 or None, got {self.clip}")
-        if self.shift < 0:
-            raise ValueError(f"shift must be >= 0, got {self.shift}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        # Each field is checked and normalised (numbers to plain Python int/float, so the
+        # config saves as JSON) here, so a bad value fails now, naming the field, instead
+        # of somewhere inside train().
+        self.data = _choice(self.data, "data", DATASETS)
+        if self.test_size is not None:
+            self.test_size = check_int(self.test_size, "test_size", minimum=1)
+        self.split_seed = check_int(self.split_seed, "split_seed", minimum=0)
+        self.optimizer = _choice(self.optimizer, "optimizer", OPTIMIZERS)
+        self.lr = check_positive(self.lr, "lr")
+        self.weight_decay = check_positive(self.weight_decay, "weight_decay", allow_zero=True)
+        self.epochs = check_int(self.epochs, "epochs", minimum=1)
+        self.batch_size = check_int(self.batch_size, "batch_size", minimum=1)
+        self.warmup_epochs = check_positive(self.warmup_epochs, "warmup_epochs", allow_zero=True)
+        self.min_lr = check_positive(self.min_lr, "min_lr", allow_zero=True)
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr must be <= lr = {self.lr}, got {self.min_lr}")
+        if self.clip is not None:
+            self.clip = check_positive(self.clip, "clip")
+        self.shift = check_int(self.shift, "shift", minimum=0)
+        self.seed = check_int(self.seed, "seed", minimum=0)
+        self.backend = _choice(self.backend, "backend", BACKENDS)
+        self.eval_batch_size = check_int(self.eval_batch_size, "eval_batch_size", minimum=1)
+        self.checkpoint_every = check_int(self.checkpoint_every, "checkpoint_every", minimum=0)
+
+
+def _choice(value, name, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
 
 
 # Recipes measured to reach the README's figures (benchmarks/train.py).
@@ -177,13 +197,19 @@ def evaluate(params, config: CRATEConfig, images, labels, *, batch_size=500):
     Args:
         params: the model's parameters (any backend).
         config: its :class:`~minicrate.model.CRATEConfig`.
-        images: ``(n, C, H, W)`` NumPy; labels ``(n,)`` integers.
+        images: ``(n, C, H, W)`` NumPy, n >= 1; labels ``(n,)`` integers.
+        batch_size: images per forward pass (an integer >= 1).
     Returns:
         ``{"accuracy", "loss", "predictions"}`` (predictions a NumPy array).
     """
     from .backend import device_of, namespace
     from .loss import cross_entropy_forward
 
+    if not isinstance(config, CRATEConfig):
+        raise TypeError(f"config must be a CRATEConfig, got {type(config).__name__}")
+    check_keys(params, ["head.W"], "params")
+    _check_eval_data(images, labels)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     xp = namespace(params["head.W"])
     dtype, device = params["head.W"].dtype, device_of(params["head.W"])
     preds, total_loss = [], 0.0
@@ -201,6 +227,25 @@ def evaluate(params, config: CRATEConfig, images, labels, *, batch_size=500):
         "loss": total_loss / len(images),
         "predictions": preds,
     }
+
+
+def _check_eval_data(images, labels):
+    for name, x, ndim, what in (
+        ("images", images, 4, "(n, C, H, W)"),
+        ("labels", labels, 1, "(n,) integers"),
+    ):
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+            raise TypeError(f"{name} must be a NumPy array {what}, got {describe(x)}")
+        if x.ndim != ndim:
+            raise ValueError(f"{name} must have shape {what}, got {describe(x)}")
+    if len(images) == 0:
+        raise ValueError(f"images must hold at least one image, got {describe(images)}")
+    if len(labels) != len(images):
+        raise ValueError(
+            f"labels must have one entry per image ({len(images)}), got {describe(labels)}"
+        )
+    if not np.issubdtype(np.asarray(labels).dtype, np.integer):
+        raise TypeError(f"labels must be integers, got {describe(labels)}")
 
 
 # -- run directory ------------------------------------------------------------
@@ -298,6 +343,16 @@ def train(
         raise TypeError(f"model_config must be a CRATEConfig, got {type(model_config).__name__}")
     if not isinstance(train_config, TrainConfig):
         raise TypeError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
+    try:
+        out_dir = os.fspath(out_dir)
+    except TypeError:
+        raise TypeError(f"out_dir must be a directory name, got {describe(out_dir)}") from None
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir {out_dir!r} is a file; the run needs a directory")
+    if stop_after_steps is not None:
+        stop_after_steps = check_int(stop_after_steps, "stop_after_steps", minimum=1)
+    if threads is not None:
+        threads = check_int(threads, "threads", minimum=0)
     size = IMAGE_SIZES.get(train_config.data)
     if size is not None and size != model_config.image_size:
         raise ValueError(
