@@ -65,10 +65,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import minicrate.model as mc_model  # noqa: E402
-from minicrate.backend import get_backend, host_to, to_numpy  # noqa: E402
 from minicrate import parallel  # noqa: E402
+from minicrate.backend import get_backend, host_to, to_numpy  # noqa: E402
 from minicrate.loss import cross_entropy_forward  # noqa: E402
 from minicrate.parallel import default_workers  # noqa: E402
+from minicrate.validate import finite_checks  # noqa: E402
 
 # (a) and (b) from issue 8; (c) is CRATE-T (spec §4.2) at 224×224, for GPUs.
 CONFIGS = {
@@ -157,7 +158,8 @@ def _cpu_flags():
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
-                return [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+                wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+                return [f for f in wanted if f in flags]
     except OSError:
         pass
     return []
@@ -179,7 +181,8 @@ def system_report(torch_mod=None, backend="numpy"):
     try:
         cfg = np.show_config(mode="dicts")
         blas = cfg.get("Build Dependencies", {}).get("blas", {})
-        info["numpy_blas_build"] = {k: blas.get(k) for k in ("name", "version", "openblas configuration")}
+        info["numpy_blas_build"] = {k: blas.get(k)
+                                    for k in ("name", "version", "openblas configuration")}
         simd = cfg.get("SIMD Extensions", {})
         info["numpy_simd"] = {"baseline": simd.get("baseline"), "found": simd.get("found")}
     except Exception as err:  # very old NumPy
@@ -188,8 +191,8 @@ def system_report(torch_mod=None, backend="numpy"):
         import threadpoolctl
 
         info["threadpools"] = [
-            {k: pool.get(k) for k in ("user_api", "internal_api", "prefix", "version", "num_threads",
-                                      "architecture", "threading_layer")}
+            {k: pool.get(k) for k in ("user_api", "internal_api", "prefix", "version",
+                                      "num_threads", "architecture", "threading_layer")}
             for pool in threadpoolctl.threadpool_info()
         ]
     except ImportError:
@@ -197,7 +200,8 @@ def system_report(torch_mod=None, backend="numpy"):
     if torch_mod is not None:
         torch = torch_mod
         cfg = torch.__config__.show()
-        blas = [part.split("=", 1)[1] for part in cfg.replace(",", " ").split() if part.startswith("BLAS_INFO=")]
+        blas = [part.split("=", 1)[1] for part in cfg.replace(",", " ").split()
+                if part.startswith("BLAS_INFO=")]
         info["torch"] = {
             "version": torch.__version__,
             "blas": blas[0] if blas else "?",
@@ -220,21 +224,24 @@ def system_report(torch_mod=None, backend="numpy"):
 
 def print_system(info):
     print("== machine and kernels")
-    print(f"  CPU: {info['cpu']} ({', '.join(info['cpu_flags'])}); cores usable {info['cores_usable']}"
-          f" of {info['cores_visible']}; load average {_fmt_load(info['loadavg'])}")
+    print(f"  CPU: {info['cpu']} ({', '.join(info['cpu_flags'])}); cores usable "
+          f"{info['cores_usable']} of {info['cores_visible']}; load average "
+          f"{_fmt_load(info['loadavg'])}")
     print(f"  Python {info['python']}, NumPy {info['numpy']}, {info['platform']}")
     print(f"  NumPy BLAS (build): {info.get('numpy_blas_build')}")
     pools = info.get("threadpools")
     if isinstance(pools, list):
         for pool in pools:
             print(f"  thread pool: {pool['internal_api']} {pool['version']} ({pool['user_api']}, "
-                  f"{pool['prefix']}), kernel {pool.get('architecture')}, {pool['num_threads']} threads")
+                  f"{pool['prefix']}), kernel {pool.get('architecture')}, "
+                  f"{pool['num_threads']} threads")
     else:
         print(f"  thread pools: {pools}")
     if "torch" in info:
         t = info["torch"]
-        print(f"  torch {t['version']}: BLAS {t['blas']}, oneDNN {t['mkldnn']}, kernels {t['cpu_capability']}, "
-              f"{t['threads']} threads (interop {t['interop_threads']}), CUDA {t['cuda']}"
+        print(f"  torch {t['version']}: BLAS {t['blas']}, oneDNN {t['mkldnn']}, kernels "
+              f"{t['cpu_capability']}, {t['threads']} threads (interop {t['interop_threads']}), "
+              f"CUDA {t['cuda']}"
               + (f" ({t['cuda_device']})" if t.get("cuda_device") else ""))
     if "cupy" in info:
         c = info["cupy"]
@@ -307,7 +314,8 @@ def measure_ceiling(shapes, dtypes, *, lib="numpy", torch_mod=None, cupy_mod=Non
                 if device != "cpu":
                     sync = torch_mod.cuda.synchronize
             med, best = _median_rate(fn, 2.0 * b * m * k * n, sync)
-            rows.append({"shape": label, "dims": (b, m, k, n), "gflops_median": med, "gflops_best": best})
+            rows.append({"shape": label, "dims": (b, m, k, n), "gflops_median": med,
+                         "gflops_best": best})
         out[dtype] = rows
     return out
 
@@ -320,7 +328,8 @@ def ceiling_of(rows):
 def print_ceiling(title, results):
     print(f"== GEMM ceiling, {title} (GFLOP/s: median / best)")
     for dtype, rows in results.items():
-        cells = ", ".join(f"{r['shape']} {r['gflops_median']:.0f}/{r['gflops_best']:.0f}" for r in rows)
+        cells = ", ".join(f"{r['shape']} {r['gflops_median']:.0f}/{r['gflops_best']:.0f}"
+                          for r in rows)
         print(f"  {dtype}: ceiling {ceiling_of(rows):.1f} GFLOP/s  [{cells}]")
 
 
@@ -362,6 +371,7 @@ class MinicrateRunner:
     def __init__(self, name, dtype, backend="numpy", seed=0, params=None, variant="minicrate",
                  max_workers=None):
         self.label = variant
+        self.config_name = name
         self.config = make_config(name, dtype)
         self.xp = get_backend(backend)
         self.backend = backend
@@ -383,19 +393,27 @@ class MinicrateRunner:
             self.sync = lambda: None
 
     def describe(self):
-        return (f"{self.label}: {'fused' if self.fast else 'plain'} layers, batch in {self.workers} "
-                f"chunk(s){' on parallel threads with one-thread BLAS' if self.workers > 1 else ''}")
+        threads = " on parallel threads with one-thread BLAS" if self.workers > 1 else ""
+        scans = "on" if MinicrateRunner.finite_checks else "off, as in minicrate.train"
+        return (f"{self.label}: {'fused' if self.fast else 'plain'} layers, batch in "
+                f"{self.workers} chunk(s){threads}; NaN/inf input scans {scans}")
+
+    finite_checks = False  # as minicrate.train runs the model (the loss is checked instead)
 
     def forward(self):
-        logits, caches = parallel.forward(self.params, self.images, self.config, workers=self.workers,
-                                          fast=self.fast)
-        loss, _ = cross_entropy_forward(logits, self.labels, smoothing=self.config.label_smoothing)
+        with finite_checks(MinicrateRunner.finite_checks):
+            logits, caches = parallel.forward(self.params, self.images, self.config,
+                                              workers=self.workers, fast=self.fast)
+            loss, _ = cross_entropy_forward(logits, self.labels,
+                                            smoothing=self.config.label_smoothing)
         self.sync()
         return loss, caches
 
     def fwd_bwd(self):
-        loss, grads, _ = parallel.loss_and_grads(self.params, self.images, self.labels, self.config,
-                                                 workers=self.workers, fast=self.fast)
+        with finite_checks(MinicrateRunner.finite_checks):
+            loss, grads, _ = parallel.loss_and_grads(self.params, self.images, self.labels,
+                                                     self.config, workers=self.workers,
+                                                     fast=self.fast)
         self.sync()
         return loss, grads
 
@@ -445,18 +463,38 @@ class TorchRunner:
 
 
 def compare(mc, tc):
-    """Relative errors of the loss and of every gradient (‖g_mc − g_t‖ / ‖g_t‖)."""
+    """Relative errors of minicrate's loss and gradients against torch's (‖g_mc − g_t‖ / ‖g_t‖)."""
     loss_m, grads_m = mc.loss_and_grads_host()
     loss_t, grads_t = tc.loss_and_grads_host()
-    errs = {}
-    for k, g in grads_t.items():
-        g = g.astype(np.float64)
-        errs[k] = float(np.linalg.norm(grads_m[k].astype(np.float64) - g) / max(np.linalg.norm(g), 1e-30))
-    worst = max(errs, key=errs.get)
     return {"loss_minicrate": loss_m, "loss_torch": loss_t,
-            "loss_rel_error": abs(loss_m - loss_t) / abs(loss_t),
+            **_errors(loss_m, grads_m, loss_t, grads_t)}
+
+
+def _errors(loss, grads, ref_loss, ref_grads):
+    errs = {}
+    for k, g in ref_grads.items():
+        g = g.astype(np.float64)
+        diff = np.linalg.norm(grads[k].astype(np.float64) - g)
+        errs[k] = float(diff / max(np.linalg.norm(g), 1e-30))
+    worst = max(errs, key=errs.get)
+    return {"loss_rel_error": abs(loss - ref_loss) / abs(ref_loss),
             "grad_max_rel_error": errs[worst], "grad_worst_param": worst,
             "grad_median_rel_error": statistics.median(errs.values())}
+
+
+def float64_reference(mc, tc):
+    """Both float32 implementations against minicrate in float64 on the same weights and
+    float32-rounded images: how far float32 arithmetic alone takes each from the exact result."""
+    params64 = {k: np.asarray(to_numpy(v), dtype=np.float64) for k, v in mc.params.items()}
+    ref = MinicrateRunner(mc.config_name, "float64", "numpy", params=params64,
+                          variant="minicrate[1 chunk]")
+    ref.images = np.asarray(to_numpy(mc.images), dtype=np.float64)
+    ref_loss, ref_grads = ref.loss_and_grads_host()
+    out = {}
+    for runner in (mc, tc):
+        if runner is not None:
+            out[runner.label] = _errors(*runner.loss_and_grads_host(), ref_loss, ref_grads)
+    return out
 
 
 TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
@@ -661,8 +699,8 @@ def _gflop(f):
 
 def run_config(name, dtype, args, torch_mod, ceilings, torch_ceilings):
     cfg = CONFIGS[name]
-    runners = [MinicrateRunner(name, dtype, args.backend, seed=0, variant=v, max_workers=args.threads)
-               for v in args.variants]
+    runners = [MinicrateRunner(name, dtype, args.backend, seed=0, variant=v,
+                               max_workers=args.threads) for v in args.variants]
     mc = runners[0]
     for r in runners[1:]:
         r.params = mc.params  # one set of weights
@@ -671,15 +709,17 @@ def run_config(name, dtype, args, torch_mod, ceilings, torch_ceilings):
         host_params = {k: to_numpy(v) for k, v in mc.params.items()}
         tc = TorchRunner(name, dtype, host_params, args.torch_device)
     N = (cfg["image_size"] // cfg["patch_size"]) ** 2 + 1
-    print(f"\n== config ({name}) {dtype}: {cfg['image_size']}x{cfg['image_size']}x{cfg['channels']}, "
-          f"patch {cfg['patch_size']}, d {cfg['dim']}, depth {cfg['depth']}, {cfg['heads']} heads, "
+    print(f"\n== config ({name}) {dtype}: {cfg['image_size']}x{cfg['image_size']}x"
+          f"{cfg['channels']}, patch {cfg['patch_size']}, d {cfg['dim']}, depth {cfg['depth']}, "
+          f"{cfg['heads']} heads, "
           f"batch {cfg['batch']}, {N} tokens, {mc_model.param_count(mc.config):,} parameters")
     executed = {"torch": _gflop(model_flops(cfg))}
     for r in runners:
         executed[r.label] = _gflop(minicrate_flops(cfg, fast=r.fast))
         print(f"  {r.describe()}")
     print(f"  GEMM GFLOP per batch, fwd / fwd+bwd: official form (as torch runs it) "
-          f"{executed['torch']['forward']:.2f} / {executed['torch']['fwd+bwd']:.2f}; minicrate executes "
+          f"{executed['torch']['forward']:.2f} / {executed['torch']['fwd+bwd']:.2f}; "
+          "minicrate executes "
           + ", ".join(f"{executed[r.label]['forward']:.2f} / {executed[r.label]['fwd+bwd']:.2f}"
                       + (f" ({r.label})" if len(runners) > 1 else "") for r in runners))
     row = {"config": name, "dtype": dtype, "batch": cfg["batch"], "model_gflop": executed["torch"],
@@ -689,12 +729,22 @@ def run_config(name, dtype, args, torch_mod, ceilings, torch_ceilings):
         row["check"] = check
         tol = TOLERANCE[dtype]
         ok = check["loss_rel_error"] <= tol and check["grad_max_rel_error"] <= tol
-        print(f"  same weights: loss {check['loss_minicrate']:.6f} (minicrate) vs {check['loss_torch']:.6f} "
-              f"(torch), rel. error {check['loss_rel_error']:.1e}; gradients: max rel. error "
+        print(f"  same weights: loss {check['loss_minicrate']:.6f} (minicrate) vs "
+              f"{check['loss_torch']:.6f} (torch), rel. error {check['loss_rel_error']:.1e}; "
+              "gradients: max rel. error "
               f"{check['grad_max_rel_error']:.1e} ({check['grad_worst_param']}), median "
-              f"{check['grad_median_rel_error']:.1e} -> {'agree' if ok else 'DISAGREE'} (tolerance {tol:g})")
+              f"{check['grad_median_rel_error']:.1e} -> {'agree' if ok else 'DISAGREE'} "
+              f"(tolerance {tol:g})")
+        if dtype == "float32":
+            ref = float64_reference(mc, tc)
+            row["check"]["float64_reference"] = ref
+            print("  against float64 minicrate on the same (float32-rounded) inputs: "
+                  + "; ".join(f"{who} loss rel. error {v['loss_rel_error']:.1e}, gradients max "
+                              f"{v['grad_max_rel_error']:.1e} ({v['grad_worst_param']}), median "
+                              f"{v['grad_median_rel_error']:.1e}" for who, v in ref.items()))
         if not ok and not args.no_check:
-            raise SystemExit("minicrate and torch disagree; not timing (use --no-check to time anyway)")
+            raise SystemExit("minicrate and torch disagree; not timing "
+                             "(use --no-check to time anyway)")
     everyone = runners + ([tc] if tc is not None else [])
     load0 = os.getloadavg()
     samples = time_interleaved(everyone, rounds=args.rounds, settle=args.settle)
@@ -722,8 +772,9 @@ def run_config(name, dtype, args, torch_mod, ceilings, torch_ceilings):
                               "ceiling_fraction": gf_exec / ceil,
                               "samples_ms": [x * 1e3 for x in per[r.label]],
                               "cpu_samples_ms": [x * 1e3 for x in cpu[r.label]]}
-            print(f"  {phase:8s} {r.label:{width}s} {med * 1e3:10.2f} {q1 * 1e3:8.2f}-{q3 * 1e3:8.2f} "
-                  f"{best * 1e3:9.2f} {cpu_med * 1e3:9.2f} {gf_model:10.1f} {gf_exec:9.1f} "
+            print(f"  {phase:8s} {r.label:{width}s} {med * 1e3:10.2f} "
+                  f"{q1 * 1e3:8.2f}-{q3 * 1e3:8.2f} {best * 1e3:9.2f} {cpu_med * 1e3:9.2f} "
+                  f"{gf_model:10.1f} {gf_exec:9.1f} "
                   f"{100 * gf_exec / ceil:8.1f}%")
         if tc is not None:
             for r in runners:
@@ -735,7 +786,8 @@ def run_config(name, dtype, args, torch_mod, ceilings, torch_ceilings):
                 e["ratio_of_minima"] = e["min_ms"] / entry["torch"]["min_ms"]
                 e["cpu_ratio"] = e["cpu_median_ms"] / entry["torch"]["cpu_median_ms"]
                 print(f"  {phase:8s} {r.label}/torch: per-round ratios median {rmed:.3f} "
-                      f"(25-75% {rq1:.3f}-{rq3:.3f}); ratio of medians {e['ratio_of_medians']:.3f}; "
+                      f"(25-75% {rq1:.3f}-{rq3:.3f}); ratio of medians "
+                      f"{e['ratio_of_medians']:.3f}; "
                       f"of minima {e['ratio_of_minima']:.3f}; of CPU times {e['cpu_ratio']:.3f}")
         row["timing"][phase] = entry
     if args.memory:
@@ -745,8 +797,9 @@ def run_config(name, dtype, args, torch_mod, ceilings, torch_ceilings):
                 mem["torch"] = measure_memory("torch", name, dtype, args.threads)
             row["memory"] = mem
             mcm = mem["minicrate"]["peak_above_baseline_mb"]
-            line = (f"  peak memory above baseline, fwd+bwd (RSS, fresh process each): {mc.label} {mcm:.1f} MB "
-                    f"(NumPy tracemalloc peak {mem['minicrate']['tracemalloc_peak_mb']:.1f} MB)")
+            line = (f"  peak memory above baseline, fwd+bwd (RSS, fresh process each): "
+                    f"{mc.label} {mcm:.1f} MB (NumPy tracemalloc peak "
+                    f"{mem['minicrate']['tracemalloc_peak_mb']:.1f} MB)")
             if "torch" in mem:
                 tm = mem["torch"]["peak_above_baseline_mb"]
                 row["memory_ratio"] = mcm / tm
@@ -755,7 +808,8 @@ def run_config(name, dtype, args, torch_mod, ceilings, torch_ceilings):
         else:
             mem = gpu_memory(mc, tc)
             row["memory"] = mem
-            line = f"  peak device memory above baseline, fwd+bwd: minicrate {mem['minicrate']:.1f} MB"
+            line = (f"  peak device memory above baseline, fwd+bwd: minicrate "
+                    f"{mem['minicrate']:.1f} MB")
             if "torch" in mem:
                 row["memory_ratio"] = mem["minicrate"] / mem["torch"]
                 line += f", torch {mem['torch']:.1f} MB, ratio {row['memory_ratio']:.3f}"
@@ -789,8 +843,8 @@ def markdown_table(rows, info, ceilings):
             f"{r.get('memory_ratio', nan):.2f} | {fb[label]['executed_gflops']:.0f} | "
             f"{100 * fb[label]['ceiling_fraction']:.0f}% |")
     pools = info.get("threadpools")
-    blas = ", ".join(f"{p['internal_api']} {p['version']} ({p.get('architecture')}, {p['num_threads']} thr)"
-                     for p in pools) if isinstance(pools, list) else "?"
+    blas = ", ".join(f"{p['internal_api']} {p['version']} ({p.get('architecture')}, "
+                     f"{p['num_threads']} thr)" for p in pools) if isinstance(pools, list) else "?"
     ceil = ", ".join(f"{k} {v:.0f}" for k, v in ceilings.items())
     torch_info = info.get("torch", {})
     lines.append("")
@@ -804,23 +858,30 @@ def markdown_table(rows, info, ceilings):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default="a,b", help="comma list of %s" % ",".join(CONFIGS))
+    p.add_argument("--configs", default="a,b", help=f"comma list of {','.join(CONFIGS)}")
     p.add_argument("--dtypes", default="float32,float64")
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"],
                    help="minicrate's array backend")
-    p.add_argument("--torch-device", default=None, help="cpu or cuda (default: cuda with --backend cupy)")
+    p.add_argument("--torch-device", default=None,
+                   help="cpu or cuda (default: cuda with --backend cupy)")
     p.add_argument("--no-torch", action="store_true", help="time minicrate alone")
     p.add_argument("--variants", default="minicrate",
                    help="comma list of minicrate variants to time: " + ", ".join(VARIANTS))
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 21, 15 for (c))")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds (default 21, 15 for (c))")
     p.add_argument("--settle", type=float, default=0.02,
-                   help="pause (s) before each timed sample so idle BLAS/OpenMP threads stop spinning")
+                   help="pause (s) before each timed sample, so idle BLAS/OpenMP threads "
+                        "stop spinning")
     p.add_argument("--threads", type=int, default=None,
                    help="BLAS/torch threads (default: the libraries' defaults, printed)")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--no-check", action="store_true", help="time even if the models disagree")
+    p.add_argument("--finite-checks", action="store_true",
+                   help="keep minicrate's NaN/inf scans of every input on (minicrate.train, like "
+                        "this benchmark by default, runs with them off and checks the loss)")
     p.add_argument("--json", type=Path, default=None, help="write every number to this file")
-    p.add_argument("--markdown", action="store_true", help="print a README results table at the end")
+    p.add_argument("--markdown", action="store_true",
+                   help="print a README results table at the end")
     p.add_argument("--quick", action="store_true", help="smoke run: few rounds, no float64 on (b)")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -832,6 +893,7 @@ def main(argv=None):
     if args.torch_device is None:
         args.torch_device = "cuda" if args.backend == "cupy" else "cpu"
     _set_threads(args.threads)
+    MinicrateRunner.finite_checks = args.finite_checks
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in args.variants:
@@ -846,7 +908,8 @@ def main(argv=None):
         try:
             import torch as torch_mod
         except ImportError:
-            print("torch is not installed: timing minicrate alone (pip install torch for the comparison)")
+            print("torch is not installed: timing minicrate alone "
+                  "(pip install torch for the comparison)")
     if torch_mod is not None and args.torch_device != "cpu" and not torch_mod.cuda.is_available():
         print("torch has no CUDA here: timing minicrate alone")
         torch_mod = None
@@ -873,7 +936,8 @@ def main(argv=None):
         print_ceiling("numpy matmul with one BLAS thread (what each batch chunk gets)", ceil_one)
     torch_ceil = None
     if torch_mod is not None:
-        torch_ceil = measure_ceiling(shapes, dtypes, lib="torch", torch_mod=torch_mod, device=args.torch_device)
+        torch_ceil = measure_ceiling(shapes, dtypes, lib="torch", torch_mod=torch_mod,
+                                     device=args.torch_device)
         print_ceiling(f"torch matmul ({args.torch_device})", torch_ceil)
     ceilings = {d: ceiling_of(rows) for d, rows in ceil_before.items()}
     torch_ceilings = {d: ceiling_of(rows) for d, rows in torch_ceil.items()} if torch_ceil else None

@@ -33,15 +33,16 @@ if str(ROOT) not in sys.path:
 from benchmarks.bench_speed import CONFIGS, MinicrateRunner, TorchRunner, _set_threads  # noqa: E402
 from minicrate.backend import to_numpy  # noqa: E402
 
-MODULES = ("fast.py", "model.py", "encoder.py", "mssa.py", "ista.py", "layernorm.py", "functional.py",
-           "embedding.py", "loss.py")
+MODULES = ("fast.py", "model.py", "encoder.py", "mssa.py", "ista.py", "layernorm.py",
+           "functional.py", "embedding.py", "loss.py", "parallel.py")
 
 
 class LineProfiler:
     """Accumulates wall time per (file, line) for code in ``files``."""
 
-    def __init__(self, files):
+    def __init__(self, files, clock=time.perf_counter):
         self.files = set(files)
+        self.clock = clock
         self.times = defaultdict(float)
         self.hits = defaultdict(int)
         self._last = {}
@@ -49,12 +50,12 @@ class LineProfiler:
     def _global(self, frame, event, arg):
         if event == "call" and Path(frame.f_code.co_filename).name in self.files \
                 and "minicrate" in frame.f_code.co_filename:
-            self._last[id(frame)] = (frame.f_lineno, time.perf_counter())
+            self._last[id(frame)] = (frame.f_lineno, self.clock())
             return self._local
         return None
 
     def _local(self, frame, event, arg):
-        now = time.perf_counter()
+        now = self.clock()
         key = id(frame)
         line, t0 = self._last.get(key, (frame.f_lineno, now))
         where = (frame.f_code.co_filename, line)
@@ -63,7 +64,7 @@ class LineProfiler:
         if event == "return":
             self._last.pop(key, None)
         else:
-            self._last[key] = (frame.f_lineno, time.perf_counter())
+            self._last[key] = (frame.f_lineno, self.clock())
         return self._local
 
     def run(self, fn, *args):
@@ -90,22 +91,29 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--plain", action="store_true", help="profile the plain (unfused) encoder path")
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--cpu", action="store_true",
+                   help="count this thread's CPU time, not wall time (use with --threads 1 on "
+                        "a busy machine: time spent waiting for a core is then left out)")
     p.add_argument("--torch", action="store_true", help="also print torch's operator profile")
     args = p.parse_args(argv)
     _set_threads(args.threads)
-    runner = MinicrateRunner(args.config, args.dtype, fast=not args.plain)
+    # one chunk: the tracer follows this thread only (minicrate.parallel's workers are others)
+    runner = MinicrateRunner(args.config, args.dtype,
+                             variant="minicrate[plain]" if args.plain else "minicrate[1 chunk]")
     runner.fwd_bwd()  # warm-up
     t0 = time.perf_counter()
     for _ in range(args.steps):
         runner.fwd_bwd()
     untraced = (time.perf_counter() - t0) / args.steps
-    prof = LineProfiler(MODULES)
-    t0 = time.perf_counter()
+    prof = LineProfiler(MODULES, time.thread_time if args.cpu else time.perf_counter)
+    clock = time.thread_time if args.cpu else time.perf_counter
+    t0 = clock()
     for _ in range(args.steps):
         prof.run(runner.fwd_bwd)
-    traced = (time.perf_counter() - t0) / args.steps
+    traced = (clock() - t0) / args.steps
     print(f"config ({args.config}) {args.dtype}, {'plain' if args.plain else 'fast'} path: "
-          f"{1e3 * untraced:.1f} ms/step untraced, {1e3 * traced:.1f} ms/step traced; inclusive time per line:")
+          f"{1e3 * untraced:.1f} ms/step untraced, {1e3 * traced:.1f} ms/step traced; "
+          "inclusive time per line:")
     # Lines inside model.loss_and_grads are the whole step; show the leaves' share of it.
     prof.report(args.steps, args.top, total=traced * args.steps)
     if args.torch:

@@ -154,7 +154,8 @@ class FastLayerCache(dict):
 def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_eps=1e-5, **unused):
     r"""One official-form CRATE layer, fused (spec §3.3):
     :math:`Z^{\ell+1/2} = Z + \mathrm{MSSA}(\mathrm{LN}_1(Z))`,
-    :math:`Y = \mathrm{ReLU}(X + \eta(X - XD^\top)D - \eta\lambda)`, :math:`X = \mathrm{LN}_2(Z^{\ell+1/2})`.
+    :math:`Y = \mathrm{ReLU}(X + \eta(X - XD^\top)D - \eta\lambda)`,
+    :math:`X = \mathrm{LN}_2(Z^{\ell+1/2})`.
 
     Args:
         Z: tokens ``(..., N, d)``.
@@ -227,10 +228,13 @@ def layer_backward(dY, cache):
     r"""Backward of :func:`layer_forward` (spec §8.2–8.5, row convention).
 
     ISTA: :math:`\bar P = \bar Y\odot 1[Y>0]`, :math:`V = \bar PD^\top`,
-    :math:`\bar X = \bar P + \eta(V - VD)`, :math:`\bar D = \eta[G - D(G+G^\top)]`, :math:`G = X^\top\bar P`.
-    MSSA: :math:`\bar A = \bar O w^\top`, :math:`\bar S = A\odot(\bar A - \mathrm{rowsum}(A\odot\bar A))`,
+    :math:`\bar X = \bar P + \eta(V - VD)`, :math:`\bar D = \eta[G - D(G+G^\top)]`,
+    :math:`G = X^\top\bar P`.
+    MSSA: :math:`\bar A = \bar O w^\top`,
+    :math:`\bar S = A\odot(\bar A - \mathrm{rowsum}(A\odot\bar A))`,
     :math:`\bar w = A^\top\bar O + s(\bar S + \bar S^\top)w`, :math:`\bar U = X_1^\top\bar w`,
-    :math:`\bar X_1 = \bar w U^\top`; both LayerNorms by §8.4; the skip adds :math:`\bar Z^{\ell+1/2}`.
+    :math:`\bar X_1 = \bar w U^\top`; both LayerNorms by §8.4; the skip adds
+    :math:`\bar Z^{\ell+1/2}`.
 
     Returns:
         ``(dZ, grads)``, grads keyed like the layer's params (``b_out`` only if present).

@@ -103,8 +103,10 @@ def loss_and_grads(params, images, labels, config, *, workers=None, **options):
     workers = default_workers(xp) if workers is None else int(workers)
     if workers <= 1 or B < 2:
         return single(params, images, labels, config, **options)
-    results = map_chunks(lambda s: (s, single(params, images[s, ...], labels[s], config, **options)),
-                         B, workers)
+    def run(s):
+        return s, single(params, images[s, ...], labels[s], config, **options)
+
+    results = map_chunks(run, B, workers)
     loss, grads = 0.0, None
     for s, (loss_i, grads_i, _) in results:
         w = (s.stop - s.start) / B

@@ -46,7 +46,8 @@ def _rel(a, b):
 @pytest.mark.parametrize("fast", [True, False], ids=["fused", "plain"])
 @pytest.mark.parametrize("shape", [
     dict(image_size=8, patch_size=2, channels=1, dim=16, depth=2, heads=2, num_classes=5),
-    dict(image_size=8, patch_size=4, channels=3, dim=12, depth=3, heads=3, num_classes=4, pool="mean"),
+    dict(image_size=8, patch_size=4, channels=3, dim=12, depth=3, heads=3, num_classes=4,
+         pool="mean"),
 ], ids=["cls", "mean-pool-rgb"])
 def test_minicrate_equals_torch_autograd(shape, fast):
     config = mcm.CRATEConfig(**shape, dtype="float64")
@@ -71,7 +72,8 @@ def test_patchify_order_matches_official_rearrange():
     theirs = torch_crate.patchify(torch.from_numpy(x), 4).numpy()
     np.testing.assert_array_equal(ours, theirs)
     # first patch, first entries: pixel (0, 0) of channels 0, 1, 2, then pixel (0, 1)
-    np.testing.assert_array_equal(ours[0, 0, :4], [x[0, 0, 0, 0], x[0, 1, 0, 0], x[0, 2, 0, 0], x[0, 0, 0, 1]])
+    first = [x[0, 0, 0, 0], x[0, 1, 0, 0], x[0, 2, 0, 0], x[0, 0, 0, 1]]
+    np.testing.assert_array_equal(ours[0, 0, :4], first)
 
 
 def test_weight_mapping_round_trip_and_key_check():

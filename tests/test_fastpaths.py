@@ -18,7 +18,8 @@ from minicrate.strategies import normal, seeds
 
 SWITCHES = st.fixed_dictionaries({
     "scale": st.sampled_from([None, 1.0, 0.3]), "eta": st.sampled_from([0.1, 0.3]),
-    "lam": st.sampled_from([0.1, 0.5]), "causal": st.booleans(), "ln_eps": st.sampled_from([1e-5, 1e-6]),
+    "lam": st.sampled_from([0.1, 0.5]), "causal": st.booleans(),
+    "ln_eps": st.sampled_from([1e-5, 1e-6]),
 })
 
 
@@ -33,7 +34,8 @@ def _params(xp, d, K, seed, bias=True, dtype="float64"):
     if bias:
         params["b_out"] = normal(xp, (d,), seed + 3, dtype=dtype)
     for i, k in enumerate(("ln1_gamma", "ln1_beta", "ln2_gamma", "ln2_beta")):
-        params[k] = normal(xp, (d,), seed + 4 + i, scale=0.5, dtype=dtype) + (1.0 if "gamma" in k else 0.0)
+        shift = 1.0 if "gamma" in k else 0.0
+        params[k] = normal(xp, (d,), seed + 4 + i, scale=0.5, dtype=dtype) + shift
     return params
 
 
@@ -157,7 +159,8 @@ def test_batch_split_equals_one_chunk(workers):
     images = rng.standard_normal((7, 1, 8, 8))
     labels = rng.integers(0, 5, size=7)
     loss, grads, logits = mc.loss_and_grads(params, images, labels, config)
-    loss_p, grads_p, logits_p = parallel.loss_and_grads(params, images, labels, config, workers=workers)
+    loss_p, grads_p, logits_p = parallel.loss_and_grads(params, images, labels, config,
+                                                        workers=workers)
     assert abs(loss_p - loss) <= 1e-13 * abs(loss)
     _assert_close(logits_p, logits, 1e-13, "logits")
     for k in grads:
