@@ -17,7 +17,7 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from .grading import Case, FiniteDifferences, Mistake, Task
+from .grading import Case, FiniteDifferences, Mistake, Task, solution_of
 from .strategies import away_from_zero, normal, seeds
 
 # --------------------------------------------------------------------------
@@ -1123,9 +1123,7 @@ def _sol_softmax_backward(dA, A):
 
 
 def _sol(module, name):
-    from .grading_tasks import _solution
-
-    return _solution(module, name)
+    return solution_of(module, name)
 
 
 # --------------------------------------------------------------------------

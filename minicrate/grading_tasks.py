@@ -33,7 +33,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from .backend import to_numpy
-from .grading import Case, FiniteDifferences, Mistake, Task
+from .grading import Case, FiniteDifferences, Mistake, Task, solution_of as _solution
 from .strategies import seeds, well_conditioned_tokens
 
 # --------------------------------------------------------------------------
@@ -444,18 +444,6 @@ def _rc_forward(Z, U, eps):
 # --------------------------------------------------------------------------
 # The registry
 # --------------------------------------------------------------------------
-
-
-def _solution(module, name):
-    """minicrate's ``module.name``, imported when first called (a full-marks submission)."""
-
-    def solution(*args, **kwargs):
-        import importlib
-
-        return getattr(importlib.import_module(f"minicrate.{module}"), name)(*args, **kwargs)
-
-    solution.__name__ = name
-    return solution
 
 
 _TASK_LIST = [

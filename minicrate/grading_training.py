@@ -13,7 +13,7 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from .grading import Case, FiniteDifferences, Mistake, Task
+from .grading import Case, FiniteDifferences, Mistake, Task, solution_of
 from .strategies import normal, seeds
 
 
@@ -773,9 +773,7 @@ _LAYERWISE_MISTAKES = (
 
 
 def _sol(module, name):
-    from .grading_tasks import _solution
-
-    return _solution(module, name)
+    return solution_of(module, name)
 
 
 def _sol_measured(X, U, *, eps_sq=0.01):
