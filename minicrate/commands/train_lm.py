@@ -47,11 +47,11 @@ class LMTrainConfig:
     """
 
     form: str = "causal"
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 32
-    lr: float = 2e-3
-    min_lr: float = 2e-4
-    warmup_steps: int = 100
+    lr: float = 5e-3
+    min_lr: float = 5e-4
+    warmup_steps: int = 50
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.95)
     clip: float | None = 1.0
@@ -59,7 +59,7 @@ class LMTrainConfig:
     split_seed: int = 0
     val_plays: int = 4
     markdown: bool = False
-    eval_every: int = 200
+    eval_every: int = 250
     eval_windows: int = 128
     checkpoint_every: int = 0
     time_limit_s: float | None = None
@@ -510,9 +510,9 @@ def add_arguments(p):
                    help="causal (GPT-style, next character) or masked (BERT-style, 15%% masks)")
     p.add_argument("--out", default=None, help="run directory (default runs/lm-<form>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--context", type=int, default=128, help="characters per window")
+    p.add_argument("--context", type=int, default=64, help="characters per window")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
@@ -521,16 +521,16 @@ def add_arguments(p):
                    help="std of the initial token and position embeddings")
     p.add_argument("--eta", type=float, default=0.1, help="ISTA step size η (official 0.1)")
     p.add_argument("--lam", type=float, default=0.1, help="ISTA sparsity weight λ (official 0.1)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--min-lr", type=float, default=2e-4)
-    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--min-lr", type=float, default=5e-4)
+    p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--clip", type=float, default=1.0, help="global gradient-norm bound (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", type=int, default=0, help="which plays are held out")
     p.add_argument("--val-plays", type=int, default=4)
     p.add_argument("--markdown", action="store_true", help="keep the Markdown markers")
-    p.add_argument("--eval-every", type=int, default=200, help="steps between evaluations "
+    p.add_argument("--eval-every", type=int, default=250, help="steps between evaluations "
                    "(each also writes a checkpoint)")
     p.add_argument("--eval-windows", type=int, default=128)
     p.add_argument("--checkpoint-every", type=int, default=0, help="extra checkpoints (steps)")
