@@ -485,10 +485,11 @@ def _errors(loss, grads, ref_loss, ref_grads):
 def float64_reference(mc, tc):
     """Both float32 implementations against minicrate in float64 on the same weights and
     float32-rounded images: how far float32 arithmetic alone takes each from the exact result."""
-    params64 = {k: np.asarray(to_numpy(v), dtype=np.float64) for k, v in mc.params.items()}
-    ref = MinicrateRunner(mc.config_name, "float64", "numpy", params=params64,
+    xp = mc.xp
+    params64 = {k: host_to(xp, to_numpy(v), "float64") for k, v in mc.params.items()}
+    ref = MinicrateRunner(mc.config_name, "float64", mc.backend, params=params64,
                           variant="minicrate[1 chunk]")
-    ref.images = np.asarray(to_numpy(mc.images), dtype=np.float64)
+    ref.images = host_to(xp, to_numpy(mc.images), "float64")
     ref_loss, ref_grads = ref.loss_and_grads_host()
     out = {}
     for runner in (mc, tc):
@@ -790,7 +791,9 @@ def run_config(name, dtype, args, torch_mod, ceilings, torch_ceilings):
                       f"{e['ratio_of_medians']:.3f}; "
                       f"of minima {e['ratio_of_minima']:.3f}; of CPU times {e['cpu_ratio']:.3f}")
         row["timing"][phase] = entry
-    if args.memory:
+    if args.memory and args.backend == "torch":
+        print("  (no memory figure for minicrate on torch tensors)")
+    elif args.memory:
         if args.backend == "numpy" and args.torch_device == "cpu":
             mem = {"minicrate": measure_memory(mc.label, name, dtype, args.threads)}
             if tc is not None:
@@ -860,8 +863,9 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="a,b", help=f"comma list of {','.join(CONFIGS)}")
     p.add_argument("--dtypes", default="float32,float64")
-    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"],
-                   help="minicrate's array backend")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "torch"],
+                   help="minicrate's array backend (torch: minicrate's own code on torch CPU "
+                        "tensors, no autograd)")
     p.add_argument("--torch-device", default=None,
                    help="cpu or cuda (default: cuda with --backend cupy)")
     p.add_argument("--no-torch", action="store_true", help="time minicrate alone")
