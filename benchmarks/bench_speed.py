@@ -94,7 +94,9 @@ def gemm_flops(cfg, *, ista_products=3, symmetric_scores=False, recompute_heads=
 
     Args:
         cfg: a dict of :data:`CONFIGS` (with ``batch``).
-        ista_products: 3 for the official ``x Dᵀ``, ``(x Dᵀ) D``, ``x D``; 2 for ``(X − XDᵀ)D``.
+        ista_products: 3 for the official ``x Dᵀ``, ``(x Dᵀ) D``, ``x D``; 2 for ``(X − XDᵀ)D``;
+            1 for ``X Q`` with ``Q = I + η(D − DᵀD)`` (plus ``2d³`` for ``DᵀD`` and ``2d³``
+            for ``D(G + Gᵀ)`` in backward).
         symmetric_scores: the backward of ``S = s w wᵀ`` is one product ``s(S̄ + S̄ᵀ)w``
             instead of two (``S̄ w`` and ``S̄ᵀ w``).
         recompute_heads: backward recomputes the head outputs ``O = A w`` (one more product)
@@ -118,7 +120,9 @@ def gemm_flops(cfg, *, ista_products=3, symmetric_scores=False, recompute_heads=
         "ista": L * ista_products * tok,
         "head": 2 * B * d * C,
     }
-    backward = 2 * sum(parts.values())
+    if ista_products == 1:
+        parts["ista Q"] = L * 2 * d**3
+    backward = 2 * sum(parts.values()) - parts.get("ista Q", 0)
     if not image_grad:
         backward -= parts["embed"]
     if symmetric_scores:
@@ -134,9 +138,10 @@ def model_flops(cfg):
 
 
 def minicrate_flops(cfg, fast=True):
-    """What minicrate executes: the fused layer recomputes the head outputs in backward."""
-    return gemm_flops(cfg, ista_products=2, symmetric_scores=True, recompute_heads=fast,
-                      image_grad=True)
+    """What minicrate executes: the fused layer takes ISTA in one product and recomputes
+    the head outputs in backward; the plain blocks take ISTA in two."""
+    return gemm_flops(cfg, ista_products=1 if fast else 2, symmetric_scores=True,
+                      recompute_heads=fast, image_grad=True)
 
 
 # ---------------------------------------------------------------------------------------------

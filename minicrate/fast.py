@@ -12,8 +12,12 @@ checks this file against them.  What is different, and why:
    ``Xᵀ Ȳ`` product instead of a per-sample stack summed afterwards).
 2. **Contiguous per-head layout.**  ``w`` is copied once into ``(B·K, N, p)``
    so the per-head products run on contiguous blocks.
-3. **ISTA in two products**, ``P = X + η(X − XDᵀ)D − ηλ``, and its backward in
-   three: ``V = P̄Dᵀ``, ``X̄ = P̄ + η(V − VD)``, ``Xᵀ P̄`` for ``D̄``.
+3. **ISTA in one product.**  Before the ReLU the step is linear in ``X``:
+   ``X + η(XD − XDᵀD) = XQ`` with the ``d×d`` matrix ``Q = I + η(D − DᵀD)``,
+   formed once per call (``2d³`` flops, against ``2·B·N·d²`` for one product
+   with the tokens).  So ``P = XQ − ηλ`` (the official code takes three token
+   products, the plain :mod:`minicrate.ista` two), and backward takes two:
+   ``X̄ = P̄Qᵀ`` and ``G = XᵀP̄``, from which ``D̄ = η(G − D(G + Gᵀ))``.
 4. **One product for the shared query/key.**  ``S = s w wᵀ`` is symmetric, so
    the score gradient enters once as ``s(S̄ + S̄ᵀ) w``.
 5. **The attention is stored transposed.**  Because ``S`` is symmetric, the
@@ -24,11 +28,21 @@ checks this file against them.  What is different, and why:
    column-softmax of ``S`` masked by the transposed mask.)
 6. **The cache holds only what backward needs**: the layer input ``Z`` (also
    the previous layer's output, so shared), LayerNorm statistics, ``w``, the
-   attention, the normalised ISTA input and the output ``Y`` (whose sign is
-   ReLU's mask).  Everything cheap — LN₁'s output, the head outputs ``O``, the
-   ISTA input ``X`` — is recomputed in backward.
-7. **In place where safe**: only on arrays this module just created, never on
+   attention, the normalised ISTA input, ISTA's ``Q`` and the output ``Y``
+   (whose sign is ReLU's mask).  The head outputs ``O = Aw`` are recomputed in backward (one
+   per-head product), and the LayerNorm outputs are never formed again: their
+   affine maps are folded into small matrices, e.g.
+   ``X₁U = X̂₁(γ₁ ⊙ U) + β₁U`` and ``X₁ᵀ w̄ = γ₁ ⊙ (X̂₁ᵀ w̄) + β₁(1ᵀw̄)``.  On
+   config (b) this keeps 4 of torch's ~10 saved tensors per layer.
+7. **Fewer passes over memory**: scalars such as ``−η`` go into the small
+   ``d×d`` matrix before the product; row means are matrix–vector products
+   (one BLAS pass); ReLU and its mask are a multiply by ``(P > 0)`` (NumPy's
+   ``where`` on a random mask is about 7× slower, branch mispredictions).
+8. **In place where safe**: only on arrays this module just created, never on
    inputs, parameters or cached arrays (so backward can run twice).
+
+Where the time goes and what these buy is measured by ``benchmarks/bench_speed.py``
+and ``benchmarks/profile_lines.py``.
 
 Tokens are rows (``Z_paper = Zᵀ``).  Only the official form is fused
 (learned ``W_out``, pre-LayerNorm); :func:`supports` says when a layer can use it.
@@ -78,6 +92,17 @@ def _affine_t_matmul(xp, Xh, gamma, beta, G):
     LayerNorm output is never formed again."""
     return (xp.expand_dims(gamma, axis=-1) * (xp.matrix_transpose(Xh) @ G)
             + xp.expand_dims(beta, axis=-1) * xp.sum(G, axis=0))
+
+
+def _ista_matrix(xp, D, eta):
+    r"""Q = I + η(D − DᵀD) (d, d): one ISTA step before the ReLU is ``X Q − ηλ``
+    (rows are tokens), since X + η(XD − XDᵀD) = X(I + ηD − ηDᵀD).  Forming Q costs
+    2d³ flops, against 2·B·N·d² for each product with the tokens that it replaces."""
+    d = D.shape[0]
+    Q = D - xp.matrix_transpose(D) @ D
+    Q *= eta
+    Q += xp.eye(d, dtype=D.dtype, device=device_of(D))
+    return Q
 
 
 def _layernorm_backward(xp, dY, Xh, inv, gamma):
@@ -210,22 +235,18 @@ def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_e
         Zh += b_out
     Zh += Z2  # Z^{l+1/2}
 
-    # ISTA on X2 = LN2(Z^{l+1/2}), two products.
+    # ISTA on X2 = LN2(Z^{l+1/2}): before the ReLU it is linear in X2, one product with
+    # Q = I + η(D − DᵀD), and LN2's affine map folds into Q as well:
+    # P = (X̂γ + β) Q − ηλ = X̂ (γ ⊙ Q) + (βQ − ηλ).
     Xh2, _, inv2 = _normalise(xp, Zh, ln_eps)
     del Zh
-    X2 = _affine(Xh2, params["ln2_gamma"], params["ln2_beta"])
-    R = X2 @ xp.matrix_transpose(D)
-    R -= X2  # X Dᵀ − X
-    P = R @ D  # (X Dᵀ − X) D
-    del R
-    P *= -eta
-    P += X2
-    P -= eta * lam
-    del X2
+    Q = _ista_matrix(xp, D, eta)
+    P = Xh2 @ (xp.expand_dims(params["ln2_gamma"], axis=-1) * Q)
+    P += params["ln2_beta"] @ Q - eta * lam
     P *= xp.astype(P > 0, P.dtype)  # ReLU (a multiply by the 0/1 mask is fast and branch-free)
     Y = xp.reshape(P, Z.shape)
     del P
-    cache = FastLayerCache(Z=Z, mu1=mu1, inv1=inv1, Wh=Wh, At=At, Xh2=Xh2, inv2=inv2, Y=Y,
+    cache = FastLayerCache(Z=Z, mu1=mu1, inv1=inv1, Wh=Wh, At=At, Xh2=Xh2, inv2=inv2, Y=Y, Q=Q,
                            params=params, scale=scale, eta=eta, K=K, dims=(Bf, N, K, p, d),
                            has_bias=b_out is not None)
     return Y, cache
@@ -254,17 +275,12 @@ def layer_backward(dY, cache):
     xp = namespace(dY, D)
     grads = {}
 
-    # ISTA (its input X2 is recomputed from the cached normalised Zh).
+    # ISTA, P = X2 Q − ηλ: X̄2 = P̄ Qᵀ, Q̄ = X2ᵀ P̄ = G and D̄ = η(G − D(G + Gᵀ)).
     Y2 = xp.reshape(Y, (-1, d))
     dP = xp.reshape(dY, (-1, d)) * xp.astype(Y2 > 0, dY.dtype)  # ReLU's mask: Y > 0 iff P > 0
     G = _affine_t_matmul(xp, Xh2, params["ln2_gamma"], params["ln2_beta"], dP)  # X₂ᵀ P̄
     grads["D"] = eta * (G - D @ (G + xp.matrix_transpose(G)))
-    V = dP @ xp.matrix_transpose(D)
-    dX2 = V @ D
-    dX2 -= V  # V D − V
-    del V
-    dX2 *= -eta
-    dX2 += dP  # P̄ + η(V − V D)
+    dX2 = dP @ xp.matrix_transpose(cache["Q"])
     del dP
     dZh, grads["ln2_gamma"], grads["ln2_beta"] = _layernorm_backward(xp, dX2, Xh2, cache["inv2"],
                                                                      params["ln2_gamma"])
