@@ -63,3 +63,19 @@ from .optim import SGD, AdamW, Lion, clip_by_global_norm, make_optimizer
 from .schedule import warmup_cosine
 from .train import TrainConfig, TrainingDiverged, TrainingInterrupted, recipe
 from .measure import layerwise, layerwise_comparison
+# CRATE-MAE: masked autoencoder with the inverse decoder (minicrate.mae; issue 5).
+from . import decoder, mae
+from .mae import (
+    MAE_PRESETS,
+    MAEConfig,
+    init_mae_params,
+    mae_backward,
+    mae_forward,
+    mae_loss_and_grads,
+    mae_preset,
+    mae_recipe,
+    masked_mse_backward,
+    masked_mse_forward,
+    random_masking,
+    train_mae,
+)

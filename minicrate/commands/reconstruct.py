@@ -23,16 +23,15 @@ def reconstruct_figure(path, *, count=8, out=None, backend="numpy"):
 
     import numpy as np
 
-    from .. import data as datasets
     from ..backend import get_backend, host_to, to_numpy
-    from ..mae import load_mae_run, random_masking, reconstruct
+    from ..mae import load_mae_run, load_split, random_masking, reconstruct
     from ..plotting import _figure, _save
 
     if count < 1:
         raise ValueError(f"--count must be >= 1, got {count}")
     params, config, extra = load_mae_run(path, backend=backend)
     tc = extra.get("train_config", {})
-    split = datasets.load(tc.get("data", "mnist"), test_size=tc.get("test_size"), seed=tc.get("split_seed", 0))
+    split = load_split(tc.get("data", "mnist"), config, test_size=tc.get("test_size"), seed=tc.get("split_seed", 0))
     # one image per class first, then the next ones, in test order
     first = [int(np.flatnonzero(split.y_test == c)[0]) for c in np.unique(split.y_test)]
     rest = [i for i in range(len(split.y_test)) if i not in set(first)]
