@@ -25,14 +25,18 @@ code keeps them because the CRATE decoder is meant to invert the encoder token
 by token, so both must see the same sequence; the book's footnote calls the two
 views "conceptually the same".  Our choice follows the released code.
 
-Other differences from the released code, all size-only: the pixel head, patch
-and encoder widths are taken from :class:`MAEConfig`; ``decoder_embed`` (unused
-in the release) is left out.  Everything else -- initial distributions
-(xavier-uniform linear maps, kaiming-uniform D and E, N(0, 0.02²) class and
-mask tokens, LayerNorms 1/0), λ = 0.5, the final LayerNorms' ε = 1e-6,
-untied decoder -- follows the release.  ``tie_decoder=True`` shares each
-decoder layer's E and U with the mirror encoder layer's D and U (spec §5.3,
-theory form): the gradients of both uses are summed into the encoder's keys.
+Differences from the released code: the sizes come from :class:`MAEConfig`
+(the ``mnist`` preset centres MNIST's 28×28 digits on a 32×32 canvas so that
+4-pixel patches give 8×8 = 64 patches of which exactly 48 are masked,
+:func:`to_canvas`); ``decoder_embed`` (defined but unused in the release) is
+left out; and the pixel head's weight starts at N(0, 0.02²) instead of
+xavier-uniform (``head_init_std``; measured reason in :func:`init_mae_params`).
+Everything else -- initial distributions (xavier-uniform linear maps,
+kaiming-uniform D and E, N(0, 0.02²) class and mask tokens, LayerNorms 1/0),
+λ = 0.5, the final LayerNorms' ε = 1e-6, untied decoder -- follows the
+release.  ``tie_decoder=True`` shares each decoder layer's E and U with the
+mirror encoder layer's D and U (spec §5.3, theory form): the gradients of both
+uses are summed into the encoder's keys.
 
 Parameters (one flat dict): ``embed.{W,b}``, ``cls_token``, ``mask_token``,
 ``layers.{i}.*`` (encoder layers, keys of :mod:`minicrate.encoder`),

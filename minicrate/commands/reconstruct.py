@@ -45,7 +45,7 @@ def reconstruct_figure(path, *, count=8, out=None, backend="numpy"):
     pix_mask = np.kron(mask.reshape(-1, g, g), np.ones((P, P), dtype=bool))  # (n, H, W)
     mse = float(((pred - split.x_test[idx]) ** 2)[:, 0][pix_mask].mean())
     show = lambda a: np.clip(a * split.std + split.mean, 0, 1)  # noqa: E731
-    fig = _figure(1.1 * count + 0.8, 3.8)
+    fig = _figure(max(1.1 * count + 0.8, 4.0), 4.0)
     axes = fig.subplots(3, count, squeeze=False)
     for j in range(count):
         masked = np.ma.masked_array(show(split.x_test[idx[j], 0]), mask=pix_mask[j])
@@ -64,8 +64,8 @@ def reconstruct_figure(path, *, count=8, out=None, backend="numpy"):
             if j == 0:
                 ax.set_ylabel(title, fontsize=8)
     masked_n = config.num_patches - int((~mask[0]).sum())
-    fig.suptitle(f"CRATE-MAE on {tc.get('data', '?')} test images: {masked_n}/{config.num_patches} patches "
-                 f"masked; masked-patch MSE {mse:.3f} (standardised pixels)", fontsize=9)
+    fig.suptitle(f"CRATE-MAE on {tc.get('data', '?')} test images, {masked_n}/{config.num_patches} patches masked\n"
+                 f"masked-patch MSE {mse:.3f} (standardised pixels)", fontsize=9)
     if out is None:
         base = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
         out = os.path.join(base, "reconstruct.png")

@@ -58,6 +58,9 @@ def configs_from_args(args):
                   if getattr(args, k, None) is not None}
     if train_over.get("clip") == 0:
         train_over["clip"] = None
+    if "epochs" in train_over and "warmup_epochs" not in train_over:
+        # a short run keeps the recipe's warm-up only while it fits (at most half the run)
+        train_over["warmup_epochs"] = min(train_config.warmup_epochs, train_over["epochs"] / 2)
     train_over.update(backend=args.backend, checkpoint_every=args.checkpoint_every)
     return model_config, dataclasses.replace(train_config, **train_over)
 
