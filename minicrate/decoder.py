@@ -61,7 +61,7 @@ from .backend import device_of, namespace
 from .functional import linear_backward, linear_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .mssa import mssa_backward, mssa_forward
-from .validate import check_array, check_positive
+from .validate import check_array, check_cache, check_cotangent, check_int, check_keys, check_positive
 
 DECODER_KEYS = ("ln1_gamma", "ln1_beta", "E", "ln2_gamma", "ln2_beta", "U", "W_out", "b_out")
 """Parameters of one decoder layer, as in the issue (gradients use the same keys)."""
@@ -103,11 +103,10 @@ def decoder_layer_forward(Z, params, *, scale=None, tie_out=False, use_layernorm
         ``(Y, cache)``: Y ``(..., N, d)``; ``cache["mssa"]["A"]`` is the attention.
     """
     check_array(Z, "Z", min_ndim=2)
+    check_positive(ln_eps, "ln_eps")  # checked even when unused, as in the encoder layer
     needed = ["E", "U"] + (["ln1_gamma", "ln1_beta", "ln2_gamma", "ln2_beta"] if use_layernorm else [])
     needed += [] if tie_out else ["W_out"]
-    missing = [k for k in needed if k not in params]
-    if missing:
-        raise ValueError(f"params is missing {missing}; a decoder layer with these switches needs {needed}")
+    check_keys(params, needed)
     d = Z.shape[-1]
     check_array(params["E"], "E", ndim=2, shape=(d, d))
     X1, ln1 = _norm(Z, params, "ln1", use_layernorm, ln_eps)
@@ -132,6 +131,8 @@ def decoder_layer_backward(dY, cache):
         ``(dZ, grads)``; grads has exactly the keys of the layer's params
         (parameters a switch leaves unused get zeros).
     """
+    check_cache(cache, "decoder_layer_forward", keys=("ln1", "lin", "ln2", "mssa", "params", "Z_half"))
+    check_cotangent(dY, cache["Z_half"].shape, cache["Z_half"])
     params = cache["params"]
     xp = namespace(dY)
     grads = {k: xp.zeros_like(v) for k, v in params.items()}
@@ -159,6 +160,8 @@ def decoder_layer_backward(dY, cache):
 def mirror_layer(i, depth):
     """The encoder layer (0-indexed) that decoder layer ``i`` inverts: ``depth − 1 − i``
     (the book's 1-indexed L + 1 − ℓ, spec §5.1)."""
+    depth = check_int(depth, "depth", minimum=1)
+    i = check_int(i, "i")
     if not 0 <= i < depth:
         raise ValueError(f"decoder layer index must be in [0, {depth}), got {i}")
     return depth - 1 - i
@@ -170,6 +173,7 @@ def decoder_layer_keys(i, depth, *, tie_encoder=False, prefix="decoder", encoder
     Independent: ``"E" -> "decoder.{i}.E"``, etc.  Tied: ``"E" -> "layers.{j}.D"``
     and ``"U" -> "layers.{j}.U"`` with ``j = mirror_layer(i, depth)``.
     """
+    mirror_layer(i, depth)  # validates i and depth
     keys = {k: f"{prefix}.{i}.{k}" for k in DECODER_KEYS}
     if tie_encoder:
         j = mirror_layer(i, depth)
@@ -187,6 +191,7 @@ def decoder_layer_params(params, i, depth, *, tie_encoder=False, prefix="decoder
         ``(layer_params, keys)``: ``keys`` maps layer keys to flat keys, for
         :func:`accumulate`.
     """
+    check_keys(params, ())
     keys = decoder_layer_keys(i, depth, tie_encoder=tie_encoder, prefix=prefix, encoder_prefix=encoder_prefix)
     layer = {k: params[flat] for k, flat in keys.items() if flat in params}
     return layer, {k: keys[k] for k in layer}
@@ -341,6 +346,8 @@ def fast_decoder_layer_backward(dY, cache):
     :func:`decoder_layer_backward`) -> ``(dZ, grads)`` keyed like the params."""
     from .fast import _affine, _bases_matrix, _layernorm_backward, _to_heads, _to_tokens
 
+    check_cache(cache, "fast_decoder_layer_forward", keys=("Xh1", "inv1", "Xh2", "inv2", "Wh", "At", "params"))
+    check_cotangent(dY, cache["shape"], cache["Xh1"])
     params = cache["params"]
     Bf, N, K, p, d = cache["dims"]
     E, U, W_out = params["E"], params["U"], params["W_out"]

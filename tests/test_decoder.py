@@ -239,3 +239,18 @@ def test_fused_decoder_layer_equals_the_plain_one(xp, bias):
         np.testing.assert_allclose(mc.to_numpy(grads_f[k]), mc.to_numpy(grads[k]), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="released form"):
         dec.fast_decoder_layer_forward(Z, params, tie_out=True)
+
+
+def test_backward_and_helpers_reject_bad_input():
+    params = {"E": np.eye(2), "U": np.ones((1, 2, 2))}
+    Y, cache = dec.decoder_layer_forward(np.ones((1, 3, 2)) * np.arange(2), params, **dec.PAPER_FORM)
+    with pytest.raises(TypeError, match="cache returned by decoder_layer_forward"):
+        dec.decoder_layer_backward(Y, {"ln1": None})
+    with pytest.raises(ValueError, match="forward output's shape"):
+        dec.decoder_layer_backward(np.ones((1, 2, 2)), cache)
+    with pytest.raises(TypeError, match="dY must have a real floating dtype"):
+        dec.decoder_layer_backward(np.ones((1, 3, 2), dtype=int), cache)
+    with pytest.raises(TypeError, match="depth must be an integer"):
+        dec.decoder_layer_params({}, 0, 2.0)
+    with pytest.raises(TypeError, match="params must be a dict"):
+        dec.decoder_layer_params([1], 0, 1)
