@@ -18,15 +18,11 @@ paper's columns are ``Z_paper = Zᵀ``):
 
 Three forms, chosen by the same switches as :func:`minicrate.encoder_layer_forward`:
 
-=====================  ===========================  =============================
-form                   parameters                   switches
-=====================  ===========================  =============================
-independent (released)  own E, U, W_out, b_out, LNs  defaults
-tied to the encoder     E ≡ D, U ≡ U of encoder      :func:`decoder_layer_params`
-                        layer L−1−ℓ (0-indexed)      with ``tie_encoder=True``
-paper                   E, U only                    ``PAPER_FORM``: no LayerNorm,
-                                                     tied output, temperature 1
-=====================  ===========================  =============================
+* **independent** (released, the default): own E, U, W_out, b_out and LayerNorms;
+* **tied to the encoder**: E ≡ D and U ≡ U of encoder layer L−1−ℓ (0-indexed),
+  built by :func:`decoder_layer_params` with ``tie_encoder=True``;
+* **paper**: ``PAPER_FORM`` -- no LayerNorm, output tied to U, temperature 1
+  (only E and U are parameters).
 
 The released code ties nothing (spec §5.3).  Tying is done by handing the
 *same arrays* to the decoder layer; the layer does not know, and the model's
