@@ -503,7 +503,13 @@ def float64_reference(mc, tc):
     return out
 
 
-TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
+# Agreement: loss and median gradient to ``tol``, the worst gradient to ``worst``.  In float32
+# a few of the ~10⁷ ISTA ReLU inputs of a step lie within rounding of zero, and which of them
+# flip sign differs between any two implementations (and between float32 and float64).  A
+# flipped entry changes the small gradients near the input (the patch embedding's) by up to
+# ~1e-3 relative, for torch as much as for minicrate (see the float64 line the benchmark
+# prints), so the worst parameter gets a looser bound than the rest.
+TOLERANCE = {"float32": {"tol": 1e-4, "worst": 5e-3}, "float64": {"tol": 1e-9, "worst": 1e-9}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -733,14 +739,15 @@ def run_config(name, dtype, args, torch_mod, ceilings, torch_ceilings):
     if tc is not None:
         check = compare(mc, tc)
         row["check"] = check
-        tol = TOLERANCE[dtype]
-        ok = check["loss_rel_error"] <= tol and check["grad_max_rel_error"] <= tol
+        tol, worst = TOLERANCE[dtype]["tol"], TOLERANCE[dtype]["worst"]
+        ok = (check["loss_rel_error"] <= tol and check["grad_median_rel_error"] <= tol
+              and check["grad_max_rel_error"] <= worst)
         print(f"  same weights: loss {check['loss_minicrate']:.6f} (minicrate) vs "
               f"{check['loss_torch']:.6f} (torch), rel. error {check['loss_rel_error']:.1e}; "
               "gradients: max rel. error "
               f"{check['grad_max_rel_error']:.1e} ({check['grad_worst_param']}), median "
               f"{check['grad_median_rel_error']:.1e} -> {'agree' if ok else 'DISAGREE'} "
-              f"(tolerance {tol:g})")
+              f"(tolerance {tol:g}, worst parameter {worst:g})")
         if dtype == "float32":
             ref = float64_reference(mc, tc)
             row["check"]["float64_reference"] = ref

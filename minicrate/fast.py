@@ -13,11 +13,15 @@ checks this file against them.  What is different, and why:
 2. **Contiguous per-head layout.**  ``w`` is copied once into ``(B·K, N, p)``
    so the per-head products run on contiguous blocks.
 3. **ISTA in one product.**  Before the ReLU the step is linear in ``X``:
-   ``X + η(XD − XDᵀD) = XQ`` with the ``d×d`` matrix ``Q = I + η(D − DᵀD)``,
-   formed once per call (``2d³`` flops, against ``2·B·N·d²`` for one product
-   with the tokens).  So ``P = XQ − ηλ`` (the official code takes three token
+   ``η(XD − XDᵀD) = XE`` with the ``d×d`` matrix ``E = η(D − DᵀD)``, formed
+   once per call (``2d³`` flops, against ``2·B·N·d²`` for one product with the
+   tokens).  So ``P = X + XE − ηλ`` (the official code takes three token
    products, the plain :mod:`minicrate.ista` two), and backward takes two:
-   ``X̄ = P̄Qᵀ`` and ``G = XᵀP̄``, from which ``D̄ = η(G − D(G + Gᵀ))``.
+   ``X̄ = P̄ + P̄Eᵀ`` and ``G = XᵀP̄``, from which ``D̄ = η(G − D(G + Gᵀ))``.
+   ``X`` is added outside the product on purpose: through ``X(I + E)`` it
+   would pick up the product's rounding, and in float32 more ReLU inputs near
+   zero would change sign (measured: embedding gradients 1.3e-3 from float64
+   instead of about 5e-4, torch's figure).
 4. **One product for the shared query/key.**  ``S = s w wᵀ`` is symmetric, so
    the score gradient enters once as ``s(S̄ + S̄ᵀ) w``.
 5. **The attention is stored transposed.**  Because ``S`` is symmetric, the
@@ -28,7 +32,7 @@ checks this file against them.  What is different, and why:
    column-softmax of ``S`` masked by the transposed mask.)
 6. **The cache holds only what backward needs**: the layer input ``Z`` (also
    the previous layer's output, so shared), LayerNorm statistics, ``w``, the
-   attention, the normalised ISTA input, ISTA's ``Q`` and the output ``Y``
+   attention, the normalised ISTA input, ISTA's ``E`` and the output ``Y``
    (whose sign is ReLU's mask).  The head outputs ``O = Aw`` are recomputed in backward (one
    per-head product), and the LayerNorm outputs are never formed again: their
    affine maps are folded into small matrices, e.g.
@@ -95,14 +99,12 @@ def _affine_t_matmul(xp, Xh, gamma, beta, G):
 
 
 def _ista_matrix(xp, D, eta):
-    r"""Q = I + η(D − DᵀD) (d, d): one ISTA step before the ReLU is ``X Q − ηλ``
-    (rows are tokens), since X + η(XD − XDᵀD) = X(I + ηD − ηDᵀD).  Forming Q costs
-    2d³ flops, against 2·B·N·d² for each product with the tokens that it replaces."""
-    d = D.shape[0]
-    Q = D - xp.matrix_transpose(D) @ D
-    Q *= eta
-    Q += xp.eye(d, dtype=D.dtype, device=device_of(D))
-    return Q
+    r"""E = η(D − DᵀD) (d, d): one ISTA step before the ReLU is ``X + X E − ηλ``
+    (rows are tokens), since η(XD − XDᵀD) = X·η(D − DᵀD).  Forming E costs 2d³
+    flops, against 2·B·N·d² for each product with the tokens that it replaces."""
+    E = D - xp.matrix_transpose(D) @ D
+    E *= eta
+    return E
 
 
 def _layernorm_backward(xp, dY, Xh, inv, gamma):
@@ -235,18 +237,21 @@ def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_e
         Zh += b_out
     Zh += Z2  # Z^{l+1/2}
 
-    # ISTA on X2 = LN2(Z^{l+1/2}): before the ReLU it is linear in X2, one product with
-    # Q = I + η(D − DᵀD), and LN2's affine map folds into Q as well:
-    # P = (X̂γ + β) Q − ηλ = X̂ (γ ⊙ Q) + (βQ − ηλ).
+    # ISTA on X2 = LN2(Z^{l+1/2}): before the ReLU it is linear in X2, X2 plus one product
+    # with E = η(D − DᵀD).  X2 itself is added outside the product, so it is exact
+    # (through the product it would pick up rounding and flip more ReLU signs in float32).
     Xh2, _, inv2 = _normalise(xp, Zh, ln_eps)
     del Zh
-    Q = _ista_matrix(xp, D, eta)
-    P = Xh2 @ (xp.expand_dims(params["ln2_gamma"], axis=-1) * Q)
-    P += params["ln2_beta"] @ Q - eta * lam
+    E = _ista_matrix(xp, D, eta)
+    X2 = _affine(Xh2, params["ln2_gamma"], params["ln2_beta"])
+    P = X2 @ E
+    P += X2
+    del X2
+    P -= eta * lam
     P *= xp.astype(P > 0, P.dtype)  # ReLU (a multiply by the 0/1 mask is fast and branch-free)
     Y = xp.reshape(P, Z.shape)
     del P
-    cache = FastLayerCache(Z=Z, mu1=mu1, inv1=inv1, Wh=Wh, At=At, Xh2=Xh2, inv2=inv2, Y=Y, Q=Q,
+    cache = FastLayerCache(Z=Z, mu1=mu1, inv1=inv1, Wh=Wh, At=At, Xh2=Xh2, inv2=inv2, Y=Y, E=E,
                            params=params, scale=scale, eta=eta, K=K, dims=(Bf, N, K, p, d),
                            has_bias=b_out is not None)
     return Y, cache
@@ -275,12 +280,13 @@ def layer_backward(dY, cache):
     xp = namespace(dY, D)
     grads = {}
 
-    # ISTA, P = X2 Q − ηλ: X̄2 = P̄ Qᵀ, Q̄ = X2ᵀ P̄ = G and D̄ = η(G − D(G + Gᵀ)).
+    # ISTA, P = X2 + X2 E − ηλ: X̄2 = P̄ + P̄ Eᵀ, Ē = X2ᵀ P̄ = G, D̄ = η(G − D(G + Gᵀ)).
     Y2 = xp.reshape(Y, (-1, d))
     dP = xp.reshape(dY, (-1, d)) * xp.astype(Y2 > 0, dY.dtype)  # ReLU's mask: Y > 0 iff P > 0
     G = _affine_t_matmul(xp, Xh2, params["ln2_gamma"], params["ln2_beta"], dP)  # X₂ᵀ P̄
     grads["D"] = eta * (G - D @ (G + xp.matrix_transpose(G)))
-    dX2 = dP @ xp.matrix_transpose(cache["Q"])
+    dX2 = dP @ xp.matrix_transpose(cache["E"])
+    dX2 += dP
     del dP
     dZh, grads["ln2_gamma"], grads["ln2_beta"] = _layernorm_backward(xp, dX2, Xh2, cache["inv2"],
                                                                      params["ln2_gamma"])
