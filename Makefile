@@ -22,7 +22,7 @@ run: $(STAMP)
 ## The whole test suite, as CI runs it (installs headless Chromium for the book's browser test when root).
 test: $(STAMP)
 	bash scripts/ensure-chromium
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15
 
 ## Build the Jupyter Book into book/_build/html.
 book: $(STAMP)

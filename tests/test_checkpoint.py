@@ -52,8 +52,8 @@ def test_round_trip_is_bit_exact_with_optimizer_state(tmp_path):
 
 
 def test_saves_params_from_other_backends(tmp_path):
-    torch_params = init_params(TINY, seed=2, backend="torch")
     pytest.importorskip("torch")
+    torch_params = init_params(TINY, seed=2, backend="torch")
     save(tmp_path / "t.npz", torch_params, TINY)
     loaded, _, _ = load(tmp_path / "t.npz")
     np.testing.assert_array_equal(loaded["layers.0.U"], to_numpy(torch_params["layers.0.U"]))
