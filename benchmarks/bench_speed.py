@@ -28,9 +28,11 @@ FLOPs count matrix products only (2mnk; softmax, LayerNorm and the rest are
 left out).  "model GFLOP" is the official form as torch runs it (ISTA in three
 products; every product's backward takes two products, except the patch
 embedding's, whose input needs no gradient).  "executed GFLOP" is what
-minicrate runs (ISTA in two products, ``(X − XDᵀ)D``, and MSSA's score
-backward in one product, ``(S̄ + S̄ᵀ)W``).  The ceiling fraction uses each
-implementation's own executed FLOPs.
+minicrate runs: the fused layer takes ISTA in one token product,
+``X + X·η(D − DᵀD)`` (the plain blocks take two, ``(X − XDᵀ)D``), MSSA's
+score backward in one product, ``s(S̄ + S̄ᵀ)w``, and recomputes the head
+outputs in backward.  The ceiling fraction uses each implementation's own
+executed FLOPs.  Method and results: ``benchmarks/README.md``.
 
 Usage::
 
