@@ -50,6 +50,7 @@ from .layernorm import layernorm_backward, layernorm_forward
 from .validate import check_array, check_same_kind
 
 FORMS = ("causal", "masked")
+POS_INITS = ("normal", "sinusoidal")
 
 
 # ----------------------------------------------------------------------------------------
@@ -81,6 +82,7 @@ class LMConfig:
     use_layernorm: bool = True
     ln_eps: float = 1e-5
     embed_std: float = 0.02
+    pos_init: str = "normal"
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -94,6 +96,8 @@ class LMConfig:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not 0 < self.mask_rate < 1:
             raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
+        if self.pos_init not in POS_INITS:
+            raise ValueError(f"pos_init must be one of {POS_INITS}, got {self.pos_init!r}")
 
     @property
     def causal(self) -> bool:
@@ -145,6 +149,24 @@ def _layer_init(config, seed, xp, name):
     }
 
 
+def sinusoidal_positions(n, d, *, xp, dtype="float64", rms=1.0):
+    r"""The Transformer's position code, scaled to root-mean-square ``rms``:
+    :math:`P_{t,2i} = \sin(t\,\omega_i)`, :math:`P_{t,2i+1} = \cos(t\,\omega_i)`,
+    :math:`\omega_i = 10000^{-2i/d}` (times :math:`\sqrt2\,\mathrm{rms}`), ``(n, d)``.
+
+    Nearby positions get similar codes (:math:`\langle P_s, P_t\rangle` depends
+    on :math:`s - t` only and is largest at 0), a locality a shared-QKV head can
+    use from the first step; a random start has to learn it.
+    """
+    dt = getattr(xp, dtype)
+    half = (d + 1) // 2
+    t = xp.reshape(xp.arange(n, dtype=dt), (n, 1))
+    omega = xp.exp(xp.arange(half, dtype=dt) * (-2.0 * math.log(10000.0) / d))
+    angles = t * xp.reshape(omega, (1, half))
+    pairs = xp.stack([xp.sin(angles), xp.cos(angles)], axis=-1)  # (n, half, 2)
+    return xp.reshape(pairs, (n, 2 * half))[:, :d] * (math.sqrt(2.0) * rms)
+
+
 def init_params(config: LMConfig, seed=0, backend="numpy", dtype=None):
     """Seeded initial parameters (the same numbers on every backend).
 
@@ -152,7 +174,9 @@ def init_params(config: LMConfig, seed=0, backend="numpy", dtype=None):
     ``layers.<l>.<key>`` for the layer keys of :mod:`minicrate.encoder`,
     ``ln_f.gamma``/``ln_f.beta`` ``(d,)``, ``head.b`` ``(V,)`` and, unless the
     head is tied, ``head.W`` ``(V, d)``.  Embeddings are N(0, 0.02²) as in
-    GPT-2; layers follow the official CRATE code.
+    GPT-2 (``embed_std``); with ``pos_init="sinusoidal"`` the positional
+    embedding *starts* from :func:`sinusoidal_positions` (same RMS) and is
+    then learned like the rest.  Layers follow the official CRATE code.
     """
     from .backend import get_backend
 
@@ -163,8 +187,11 @@ def init_params(config: LMConfig, seed=0, backend="numpy", dtype=None):
     params = {
         "tok_embedding": random_normal((config.embed_rows, d), seed=seed, xp=xp, dtype=name,
                                        std=config.embed_std),
-        "pos_embedding": random_normal((config.context, d), seed=seed + 1, xp=xp, dtype=name,
-                                       std=config.embed_std),
+        "pos_embedding": (
+            sinusoidal_positions(config.context, d, xp=xp, dtype=name, rms=config.embed_std)
+            if config.pos_init == "sinusoidal" else
+            random_normal((config.context, d), seed=seed + 1, xp=xp, dtype=name,
+                          std=config.embed_std)),
     }
     for layer in range(config.depth):
         for key, value in _layer_init(config, seed + 100 * (layer + 1), xp, name).items():
