@@ -377,3 +377,18 @@ def test_batch_split_over_threads_matches_one_chunk(form):
     assert np.isclose(one[0], three[0], rtol=1e-12)
     for k in params:
         np.testing.assert_allclose(three[1][k], one[1][k], rtol=1e-10, atol=1e-13)
+
+
+def test_sinusoidal_positions_are_local_and_scaled(xp):
+    P = to_numpy(lm.sinusoidal_positions(32, 16, xp=xp, rms=0.5))
+    assert P.shape == (32, 16) and np.isclose(np.sqrt((P**2).mean()), 0.5, rtol=1e-6)
+    G = P @ P.T
+    # The Gram depends on the offset only and is largest at offset 0.
+    np.testing.assert_allclose(np.diag(G, 3), G[0, 3], rtol=1e-9)
+    assert np.all(G[10, 10] > np.delete(G[10], 10))
+    config = tiny(pos_init="sinusoidal")
+    params = lm.init_params(config, backend=xp)
+    np.testing.assert_allclose(to_numpy(params["pos_embedding"]),
+                               to_numpy(lm.sinusoidal_positions(5, 4, xp=xp, rms=1.0)))
+    with pytest.raises(ValueError, match="pos_init"):
+        tiny(pos_init="rope")
