@@ -14,7 +14,9 @@ they run on one worker and the book is built once.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -73,21 +75,36 @@ def _jupyter_book():
 
 @pytest.fixture(scope="session")
 def built_book():
-    """Build the book once; returns (returncode, log text, html dir, seconds)."""
+    """Build the book once per test run; returns (returncode, log text, html dir, seconds).
+
+    Under pytest-xdist each worker has its own session, so a file lock and a
+    stamp naming the run (``PYTEST_XDIST_TESTRUNUID``) make the workers share
+    one build instead of building the book once each.
+    """
     pytest.importorskip("jupyter_book",
                         reason="jupyter-book is not installed (pip install -e '.[book]')")
     out = Path(os.environ.get("MINICRATE_BOOK_OUT", BOOK)).resolve()
     html = out / "_build" / "html"
-    shutil.rmtree(html, ignore_errors=True)  # keep _build/.jupyter_cache, drop stale pages
-    cmd = _jupyter_book() + ["build", "-W", "-n", "--keep-going", str(BOOK)]
-    if out != BOOK.resolve():
-        cmd += ["--path-output", str(out)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    seconds = time.perf_counter() - t0
-    log = proc.stdout + proc.stderr
     (out / "_build").mkdir(parents=True, exist_ok=True)
-    (out / "_build" / "build.log").write_text(log)
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    stamp, log_file = out / "_build" / "build.json", out / "_build" / "build.log"
+    with open(out / "_build" / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if run_id and stamp.exists():
+            done = json.loads(stamp.read_text())
+            if done.get("run") == run_id:
+                return done["returncode"], log_file.read_text(), html, done["seconds"]
+        shutil.rmtree(html, ignore_errors=True)  # keep _build/.jupyter_cache, drop stale pages
+        cmd = _jupyter_book() + ["build", "-W", "-n", "--keep-going", str(BOOK)]
+        if out != BOOK.resolve():
+            cmd += ["--path-output", str(out)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        seconds = time.perf_counter() - t0
+        log = proc.stdout + proc.stderr
+        log_file.write_text(log)
+        done = {"run": run_id, "returncode": proc.returncode, "seconds": seconds}
+        stamp.write_text(json.dumps(done))
     return proc.returncode, log, html, seconds
 
 
@@ -209,7 +226,8 @@ def test_pages_load_nothing_from_other_hosts(built_book):
     assert mathjax.is_file(), "MathJax is not served locally"
     # Sphinx may append a cache-busting "?v=<hash>" to the script's URL.
     page = (html / "coding-rate.html").read_text()
-    assert re.search(r'src="_static/mathjax/tex-chtml\.js(\?v=[0-9a-f]+)?"', page), "page does not load local MathJax"
+    local = re.search(r'src="_static/mathjax/tex-chtml\.js(\?v=[0-9a-f]+)?"', page)
+    assert local, "the page does not load the local MathJax"
     external = check_book_links.external_resources(html)
     assert not external, "pages would load resources from other hosts:\n" + "\n".join(external[:20])
 
