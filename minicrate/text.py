@@ -164,7 +164,13 @@ class Vocab:
     def decode(self, ids) -> str:
         """Text of a sequence of ids (the mask id shows as :data:`MASK_TOKEN`)."""
         table = self.chars + [MASK_TOKEN]
-        return "".join(table[int(i)] for i in np.asarray(ids).reshape(-1))
+        flat = np.asarray(ids).reshape(-1)
+        if flat.size and (not np.issubdtype(flat.dtype, np.integer) or flat.min() < 0 or flat.max() >= len(table)):
+            raise ValueError(
+                f"ids must be integers in [0, {len(table)}) for this vocabulary of {len(self.chars)} "
+                f"characters plus the mask, got dtype {flat.dtype}, range [{flat.min()}, {flat.max()}]"
+            )
+        return "".join(table[int(i)] for i in flat)
 
     def to_json(self) -> str:
         return json.dumps({"format": "minicrate-vocab", "version": 1, "chars": self.chars})

@@ -120,3 +120,15 @@ def test_masked_batch_masks_about_15_percent_and_at_least_one_per_window():
     assert 0.13 < weights.mean() < 0.17
     short = text.masked_batch(windows[:, :2], 50, np.random.default_rng(2))[2]
     assert (short.sum(axis=1) >= 1).all()
+
+
+def test_decode_refuses_ids_outside_the_vocabulary():
+    import pytest
+
+    from minicrate.text import Vocab
+
+    v = Vocab("abc")
+    assert v.decode([0, 2]) == "ac"
+    for bad in ([9], [-1], [0.5]):
+        with pytest.raises(ValueError, match="ids must be integers in"):
+            v.decode(bad)
