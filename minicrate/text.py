@@ -165,10 +165,12 @@ class Vocab:
         """Text of a sequence of ids (the mask id shows as :data:`MASK_TOKEN`)."""
         table = self.chars + [MASK_TOKEN]
         flat = np.asarray(ids).reshape(-1)
-        if flat.size and (not np.issubdtype(flat.dtype, np.integer) or flat.min() < 0 or flat.max() >= len(table)):
+        integers = np.issubdtype(flat.dtype, np.integer)
+        if flat.size and (not integers or flat.min() < 0 or flat.max() >= len(table)):
             raise ValueError(
-                f"ids must be integers in [0, {len(table)}) for this vocabulary of {len(self.chars)} "
-                f"characters plus the mask, got dtype {flat.dtype}, range [{flat.min()}, {flat.max()}]"
+                f"ids must be integers in [0, {len(table)}) for this vocabulary of "
+                f"{len(self.chars)} characters plus the mask, got dtype {flat.dtype}, "
+                f"range [{flat.min()}, {flat.max()}]"
             )
         return "".join(table[int(i)] for i in flat)
 
