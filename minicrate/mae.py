@@ -636,7 +636,10 @@ def linear_probe(train_x, train_y, test_x, test_y, *, C=1.0, max_iter=2000):
 # checkpoint.npz, metrics.json, curves.png; --resume continues bit for bit)
 
 MAE_RECIPES = {
-    # benchmarks/train_mae.py runs these; the README records what they reached
+    # benchmarks/train_mae.py runs these.  Measured (seed 0, NumPy, 1 thread on a shared 2-core
+    # machine): mnist test masked-patch MSE 0.311 = 0.569 × the mean-patch baseline 0.547 after
+    # 120 epochs (15,000 steps, 63 min), still falling slowly (0.649 at epoch 60, 0.584 at 100);
+    # issue 5's target of 0.5 × was not reached.  Linear probe (C = 1): encoder 91.4 %, pixels 87.6 %.
     "mnist": (
         dict(preset="mnist"),
         dict(data="mnist", optimizer="adamw", lr=2e-3, weight_decay=0.05, epochs=120, batch_size=32,
