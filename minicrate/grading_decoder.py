@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from hypothesis import strategies as st
 
 from .grading import Case, FiniteDifferences, Mistake, Task
 from .grading_encoder import (
@@ -25,12 +24,12 @@ from .grading_encoder import (
     _expected_backward,
     _forward_output,
     _h,
+    _layer_spec,
     np_layernorm_backward,
     np_layernorm_forward,
     np_mssa_backward,
     np_mssa_forward,
 )
-from .strategies import seeds
 
 DECODER_KEYS = ("ln1_gamma", "ln1_beta", "E", "ln2_gamma", "ln2_beta", "U", "W_out", "b_out")
 
@@ -80,16 +79,8 @@ def np_decoder_backward(
     return dZ, grads
 
 
-@st.composite
-def _decoder_spec(draw):
-    K, p = draw(st.integers(1, 2)), draw(st.integers(1, 3))
-    return {
-        "B": draw(st.integers(0, 2)),
-        "N": draw(st.integers(1, 4)),
-        "K": K,
-        "p": max(p, 2) if K == 1 else p,
-        "seed": draw(seeds),
-    }
+# Same shapes as the encoder layer's cases.
+_decoder_spec = _layer_spec
 
 
 _DECODER_EXPLICIT = (
