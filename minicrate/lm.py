@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 from .backend import (
     asarray_like,
@@ -47,7 +48,21 @@ from .backend import (
 )
 from .encoder import encoder_layer_backward, encoder_layer_forward
 from .layernorm import layernorm_backward, layernorm_forward
-from .validate import check_array, check_same_kind
+from .validate import (
+    check_array,
+    check_cache,
+    check_config,
+    check_config_fields,
+    check_cotangent,
+    check_int,
+    check_int_array,
+    check_keys,
+    check_params_shapes,
+    check_positive,
+    check_real,
+    check_same_kind,
+    describe,
+)
 
 FORMS = ("causal", "masked")
 POS_INITS = ("normal", "sinusoidal")
@@ -86,18 +101,18 @@ class LMConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if self.form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
-        for name in ("vocab_size", "context", "dim", "depth", "heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_config_fields(
+            self,
+            ints=("vocab_size", "context", "dim", "depth", "heads"),
+            nonneg=(("eta", "lam"), "embed_std"),
+            positive=("ln_eps", "attn_scale"),
+            optional=("attn_scale",),
+            open_unit=("mask_rate",),
+            bools=("tie_embedding", "tie_out", "use_layernorm"),
+            choices={"form": FORMS, "pos_init": POS_INITS},
+        )
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        if not 0 < self.mask_rate < 1:
-            raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
-        if self.pos_init not in POS_INITS:
-            raise ValueError(f"pos_init must be one of {POS_INITS}, got {self.pos_init!r}")
 
     @property
     def causal(self) -> bool:
@@ -117,6 +132,8 @@ class LMConfig:
 
     @classmethod
     def from_dict(cls, data) -> LMConfig:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"LM config data must be a dict of fields, got {describe(data)}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -157,14 +174,37 @@ def sinusoidal_positions(n, d, *, xp, dtype="float64", rms=1.0):
     Nearby positions get similar codes (:math:`\langle P_s, P_t\rangle` depends
     on :math:`s - t` only and is largest at 0), a locality a shared-QKV head can
     use from the first step; a random start has to learn it.
+
+    ``xp`` is an array namespace or a backend name; ``dtype`` ``"float32"`` or ``"float64"``.
     """
-    dt = getattr(xp, dtype)
+    n = check_int(n, "n", minimum=1)
+    d = check_int(d, "d", minimum=1)
+    rms = check_positive(rms, "rms", allow_zero=True)
+    xp = _namespace_arg(xp, "xp")
+    dt = getattr(xp, _dtype_arg(dtype))
     half = (d + 1) // 2
     t = xp.reshape(xp.arange(n, dtype=dt), (n, 1))
     omega = xp.exp(xp.arange(half, dtype=dt) * (-2.0 * math.log(10000.0) / d))
     angles = t * xp.reshape(omega, (1, half))
     pairs = xp.stack([xp.sin(angles), xp.cos(angles)], axis=-1)  # (n, half, 2)
     return xp.reshape(pairs, (n, 2 * half))[:, :d] * (math.sqrt(2.0) * rms)
+
+
+def _namespace_arg(backend, name="backend"):
+    """A backend name or an array namespace -> the namespace."""
+    from .backend import get_backend
+
+    xp = get_backend(backend) if isinstance(backend, str) else backend
+    if not (hasattr(xp, "asarray") and hasattr(xp, "float64")):
+        raise TypeError(f"{name} must be a backend name or an array namespace, "
+                        f"got {describe(backend)}")
+    return xp
+
+
+def _dtype_arg(dtype, name="dtype"):
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"{name} must be 'float32' or 'float64', got {dtype!r}")
+    return dtype
 
 
 def init_params(config: LMConfig, seed=0, backend="numpy", dtype=None):
@@ -178,10 +218,10 @@ def init_params(config: LMConfig, seed=0, backend="numpy", dtype=None):
     embedding *starts* from :func:`sinusoidal_positions` (same RMS) and is
     then learned like the rest.  Layers follow the official CRATE code.
     """
-    from .backend import get_backend
-
-    xp = get_backend(backend) if isinstance(backend, str) else backend
-    name = dtype or config.dtype
+    check_config(config, LMConfig)
+    seed = check_int(seed, "seed", minimum=0)
+    xp = _namespace_arg(backend)
+    name = _dtype_arg(config.dtype if dtype is None else dtype)
     dt = getattr(xp, name)
     d, V = config.dim, config.vocab_size
     params = {
@@ -204,8 +244,27 @@ def init_params(config: LMConfig, seed=0, backend="numpy", dtype=None):
     return params
 
 
+def param_shapes(config: LMConfig) -> dict:
+    """Name -> shape of every parameter :func:`init_params` makes (what
+    :func:`forward` checks ``params`` against)."""
+    check_config(config, LMConfig)
+    d, V, K = config.dim, config.vocab_size, config.heads
+    p = d // K
+    shapes = {"tok_embedding": (config.embed_rows, d), "pos_embedding": (config.context, d)}
+    layer = {"ln1_gamma": (d,), "ln1_beta": (d,), "U": (K, d, p), "W_out": (d, K * p),
+             "b_out": (d,), "ln2_gamma": (d,), "ln2_beta": (d,), "D": (d, d)}
+    for i in range(config.depth):
+        shapes.update({f"layers.{i}.{k}": v for k, v in layer.items()})
+    shapes.update({"ln_f.gamma": (d,), "ln_f.beta": (d,)})
+    if not config.tie_embedding:
+        shapes["head.W"] = (V, d)
+    shapes["head.b"] = (V,)
+    return shapes
+
+
 def param_count(config: LMConfig) -> int:
     """Number of scalar parameters of :func:`init_params` (computed from shapes)."""
+    check_config(config, LMConfig)
     d, V = config.dim, config.vocab_size
     layer = 4 * d + d * d + d * d + d + d * d  # 2 LayerNorms, U (K·d·p = d²), W_out, b_out, D
     head = (0 if config.tie_embedding else V * d) + V
@@ -214,8 +273,13 @@ def param_count(config: LMConfig) -> int:
 
 def layer_params(params, layer):
     """The ``layers.<layer>.*`` entries as a dict keyed like :mod:`minicrate.encoder`."""
+    check_keys(params, ())
+    layer = check_int(layer, "layer", minimum=0)
     prefix = f"layers.{layer}."
-    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+    out = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+    if not out:
+        raise ValueError(f"params holds no layer {layer} (no key starts with {prefix!r})")
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -230,13 +294,27 @@ def _one_hot(xp, ids, n, like):
 
 
 def _as_tokens(tokens, like, name="tokens"):
+    """Integer ids ``(B, N)`` (host or any backend; never floats, which would be
+    truncated silently) as int64 in ``like``'s namespace and device."""
+    check_int_array(tokens, name, ndim=2)
+    return asarray_like(tokens, like, dtype=namespace(like).int64)
+
+
+def _as_weights(weights, like, B, N):
+    """Loss weights ``(B, N)`` (host or any backend; bool, integer or float), finite
+    and >= 0, as a ``(B·N, 1)`` column with ``like``'s namespace, dtype and device."""
+    if not (hasattr(weights, "shape") and hasattr(weights, "dtype")):
+        raise TypeError(f"weights must be an array (or None), got {describe(weights)}")
+    if not namespace(weights).isdtype(weights.dtype, ("bool", "integral", "real floating")):
+        raise TypeError(f"weights must be real numbers or booleans, got {describe(weights)}")
+    if tuple(weights.shape) != (B, N):
+        raise ValueError(f"weights must have the targets' shape ({B}, {N}), "
+                         f"got {describe(weights)}")
     xp = namespace(like)
-    if not hasattr(tokens, "shape"):
-        raise TypeError(f"{name} must be an integer array, got {type(tokens).__name__}")
-    tokens = asarray_like(tokens, like, dtype=xp.int64)
-    if tokens.ndim != 2:
-        raise ValueError(f"{name} must have shape (B, N), got shape {tuple(tokens.shape)}")
-    return tokens
+    w = xp.reshape(asarray_like(weights, like), (B * N, 1))
+    if not bool(xp.all(xp.isfinite(w))) or not bool(xp.all(w >= 0)):
+        raise ValueError(f"weights must be finite and >= 0, got {describe(weights)}")
+    return w
 
 
 def embed_forward(tokens, E, P):
@@ -262,7 +340,8 @@ def embed_forward(tokens, E, P):
         raise ValueError(f"token ids must lie in [0, {E.shape[0]})")
     flat = xp.reshape(tokens, (-1,))
     Z0 = xp.reshape(xp.take(E, flat, axis=0), (B, N, E.shape[1])) + P[:N, :]
-    return Z0, {"flat": flat, "rows": E.shape[0], "context": P.shape[0], "like": E}
+    return Z0, {"flat": flat, "rows": E.shape[0], "context": P.shape[0], "like": E,
+                "shape": tuple(Z0.shape)}
 
 
 def embed_backward(dZ0, cache):
@@ -277,6 +356,8 @@ def embed_backward(dZ0, cache):
     Returns:
         ``{"E": dE (V', d), "P": dP (context, d)}``.
     """
+    check_cache(cache, "embed_forward", keys=("flat", "rows", "context", "like", "shape"))
+    check_cotangent(dZ0, cache["shape"], cache["like"], name="dZ0")
     xp = namespace(dZ0)
     B, N, d = dZ0.shape
     onehot = _one_hot(xp, cache["flat"], cache["rows"], dZ0)  # (B·N, V')
@@ -305,11 +386,16 @@ def head_forward(Z, gamma, beta, W, b, *, eps=1e-5):
     Returns:
         ``(logits, cache)``, logits ``(B, N, V)``.
     """
+    check_array(Z, "Z", ndim=3)
+    check_array(gamma, "gamma", ndim=1, shape=(Z.shape[-1],))
+    check_array(beta, "beta", ndim=1, shape=(Z.shape[-1],))
     check_array(W, "W", ndim=2, shape=(None, Z.shape[-1]))
     check_array(b, "b", ndim=1, shape=(W.shape[0],))
+    check_same_kind(Z=Z, gamma=gamma, beta=beta, W=W, b=b)
     X, ln = layernorm_forward(Z, gamma, beta, eps=eps)
     xp = namespace(X, W)
-    return X @ xp.matrix_transpose(W) + b, {"X": X, "ln": ln, "W": W}
+    logits = X @ xp.matrix_transpose(W) + b
+    return logits, {"X": X, "ln": ln, "W": W, "shape": tuple(logits.shape)}
 
 
 def head_backward(dlogits, cache):
@@ -319,7 +405,9 @@ def head_backward(dlogits, cache):
     Returns:
         ``(dZ, {"gamma", "beta", "W", "b"})``.
     """
+    check_cache(cache, "head_forward", keys=("X", "ln", "W", "shape"))
     X, W = cache["X"], cache["W"]
+    check_cotangent(dlogits, cache["shape"], W, name="dlogits")
     xp = namespace(dlogits, W)
     V, d = W.shape
     dl2 = xp.reshape(dlogits, (-1, V))
@@ -363,7 +451,7 @@ def lm_loss_forward(logits, targets, weights=None):
     if weights is None:
         w = xp.ones((B * N, 1), dtype=logits.dtype, device=device_of(logits))
     else:
-        w = xp.reshape(asarray_like(weights, logits), (B * N, 1))
+        w = _as_weights(weights, logits, B, N)
     total = xp.sum(w)
     if float(total) <= 0:
         raise ValueError("weights select no position: at least one must be positive")
@@ -380,9 +468,12 @@ def lm_loss_forward(logits, targets, weights=None):
 def lm_loss_backward(dloss, cache):
     r"""Backward of :func:`lm_loss_forward`:
     :math:`\partial L/\partial\ell_i
-    = w_i(\mathrm{softmax}(\ell_i) - \mathrm{onehot}(y_i))/\sum_j w_j`."""
+    = w_i(\mathrm{softmax}(\ell_i) - \mathrm{onehot}(y_i))/\sum_j w_j`
+    (``dloss`` a finite real number, the upstream gradient of the 0-d loss)."""
+    check_cache(cache, "lm_loss_forward", keys=("probs", "onehot", "w", "total", "shape"))
+    dloss = check_real(dloss, "dloss")
     xp = namespace(cache["probs"])
-    dL = float(dloss) * cache["w"] * (cache["probs"] - cache["onehot"]) / cache["total"]
+    dL = dloss * cache["w"] * (cache["probs"] - cache["onehot"]) / cache["total"]
     return xp.reshape(dL, cache["shape"])
 
 
@@ -414,6 +505,8 @@ def forward(params, tokens, config: LMConfig, *, fast=True):
     """
     from . import fast as fused
 
+    check_config(config, LMConfig)
+    check_params_shapes(params, param_shapes(config))
     options = dict(scale=config.attn_scale, tie_out=config.tie_out,
                    use_layernorm=config.use_layernorm, eta=config.eta, lam=config.lam,
                    causal=config.causal, ln_eps=config.ln_eps)
@@ -440,6 +533,7 @@ def backward(dlogits, cache):
     """
     from .fast import FastLayerCache, layer_backward
 
+    check_cache(cache, "forward", keys=("embed", "layers", "outputs", "head", "config", "keys"))
     config = cache["config"]
     xp = namespace(dlogits)
     grads = {}
@@ -486,7 +580,7 @@ def intermediates(cache):
     """Per-layer arrays for the layer-wise measurements (spec §6.1): the MSSA
     inputs LN₁(Z^ℓ) (``"mssa_inputs"``), the ISTA outputs Z^{ℓ+1}
     (``"ista_outputs"``) and the attention (``"attention"``, ``(B, K, N, N)``)."""
-    layers = cache["layers"]
+    layers = check_cache(cache, "forward", keys=("layers", "outputs"))["layers"]
     return {
         "mssa_inputs": [c["mssa_input"] for c in layers],
         "ista_outputs": cache["outputs"],
@@ -506,14 +600,14 @@ def next_char_distribution(logits, *, temperature=1.0, top_k=None):
     (ties at the k-th value are kept).  ``temperature`` must be > 0; greedy
     decoding is ``temperature=0`` in :func:`generate`.
     """
+    check_array(logits, "logits", ndim=1)
     xp = namespace(logits)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 here, got {temperature}")
+    temperature = check_positive(temperature, "temperature")
+    if top_k is not None:
+        top_k = check_int(top_k, "top_k", minimum=1)
     scaled = logits / temperature
     V = scaled.shape[-1]
     if top_k is not None:
-        if not (isinstance(top_k, int) and 1 <= top_k):
-            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
         if top_k < V:
             kth = xp.sort(scaled)[V - top_k]
             neg = xp.asarray(-xp.inf, dtype=scaled.dtype, device=device_of(scaled))
@@ -549,15 +643,21 @@ def generate(params, config: LMConfig, vocab, prompt, length, *, temperature=1.0
     Returns:
         the prompt followed by the generated characters (a ``str``).
     """
+    check_config(config, LMConfig)
     if not config.causal:
         raise ValueError("generate needs a causal model; a masked model fills in masks "
                          "(minicrate.lm.fill_masks)")
+    _check_vocab(vocab, config)
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {describe(prompt)}")
     if not prompt:
         raise ValueError("prompt must contain at least one character")
-    if not (isinstance(length, int) and length >= 0):
-        raise ValueError(f"length must be a non-negative integer, got {length!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    length = check_int(length, "length", minimum=0)
+    temperature = check_positive(temperature, "temperature", allow_zero=True)
+    if top_k is not None:
+        top_k = check_int(top_k, "top_k", minimum=1)
+    seed = check_int(seed, "seed", minimum=0)
+    check_params_shapes(params, param_shapes(config))
     ids = [int(i) for i in vocab.encode(prompt)]
     E = params["tok_embedding"]
     xp = namespace(E)
@@ -573,16 +673,32 @@ def generate(params, config: LMConfig, vocab, prompt, length, *, temperature=1.0
     return vocab.decode(ids)
 
 
+def _check_vocab(vocab, config):
+    """``vocab`` must be a :class:`minicrate.text.Vocab` of the model's size."""
+    from .text import Vocab
+
+    if not isinstance(vocab, Vocab):
+        raise TypeError(f"vocab must be a minicrate.text.Vocab, got {describe(vocab)}")
+    if vocab.size != config.vocab_size:
+        raise ValueError(f"vocab has {vocab.size} characters but the model's vocab_size is "
+                         f"{config.vocab_size}")
+
+
 def fill_masks(params, config: LMConfig, vocab, text, *, mask_char="_"):
     """Replace every ``mask_char`` in ``text`` by the masked model's most likely character.
 
     Returns ``(filled_text, positions)``.  ``text`` must fit the context and
     contain only known characters besides ``mask_char``.
     """
+    check_config(config, LMConfig)
     if config.causal:
         raise ValueError("fill_masks needs a masked model; a causal model samples (generate)")
-    if len(mask_char) != 1:
+    _check_vocab(vocab, config)
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {describe(text)}")
+    if not (isinstance(mask_char, str) and len(mask_char) == 1):
         raise ValueError(f"mask_char must be one character, got {mask_char!r}")
+    check_params_shapes(params, param_shapes(config))
     if len(text) > config.context:
         raise ValueError(f"text of {len(text)} characters is longer than the context "
                          f"({config.context})")
@@ -620,6 +736,7 @@ def layerwise(params, config: LMConfig, tokens, *, eps_sq=0.01):
     """
     from .rates import measured_compression_rate, nonzero_fraction
 
+    eps_sq = check_positive(eps_sq, "eps_sq")
     _, cache = forward(params, tokens, config)
     inter = intermediates(cache)
     out = {"rc": [], "rc_std": [], "nonzero": [], "nonzero_std": []}

@@ -57,7 +57,15 @@ import math
 import os
 import time
 
-from .backend import device_of, get_backend, host_to, namespace, random_normal, random_uniform, to_numpy
+from .backend import (
+    device_of,
+    get_backend,
+    host_to,
+    namespace,
+    random_normal,
+    random_uniform,
+    to_numpy,
+)
 from .decoder import (
     accumulate,
     decoder_layer_backward,
@@ -72,7 +80,19 @@ from .encoder import encoder_layer_backward, encoder_layer_forward
 from .functional import linear_backward, linear_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .model import layer_params
-from .validate import check_array
+from .validate import (
+    check_array,
+    check_cache,
+    check_config,
+    check_config_fields,
+    check_cotangent,
+    check_int,
+    check_params_shapes,
+    check_positive,
+    check_real,
+    check_same_kind,
+    describe,
+)
 
 # ---------------------------------------------------------------------------
 # configuration and parameters
@@ -108,24 +128,23 @@ class MAEConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        for name in ("image_size", "patch_size", "channels", "dim", "depth", "heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"MAEConfig.{name} must be a positive integer, got {value!r}")
+        check_config_fields(
+            self,
+            ints=("image_size", "patch_size", "channels", "dim", "depth", "heads"),
+            nonneg=(("eta", "lam"), "head_init_std"),
+            positive=("ln_eps", "final_ln_eps", "attn_scale"),
+            optional=("attn_scale", "head_init_std"),
+            open_unit=("mask_ratio",),
+            bools=("tie_decoder", "tie_out", "use_layernorm"),
+        )
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads} (p = dim/heads)")
         if self.dim % 4:
             raise ValueError(f"dim {self.dim} must be divisible by 4 for the 2-D sin-cos positional embedding")
-        if not 0 < self.mask_ratio < 1:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.num_patches - num_visible(self.num_patches, self.mask_ratio) < 1:
             raise ValueError(f"mask_ratio {self.mask_ratio} masks no patch of {self.num_patches}")
-        if self.eta < 0 or self.lam < 0:
-            raise ValueError(f"eta and lam must be >= 0, got eta={self.eta}, lam={self.lam}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
 
     @property
     def head_dim(self) -> int:
@@ -168,7 +187,7 @@ MAE_PRESETS = {
 
 def mae_preset(name: str, **overrides) -> MAEConfig:
     """A named :class:`MAEConfig` (``MAE_PRESETS``), optionally with fields overridden."""
-    if name not in MAE_PRESETS:
+    if not isinstance(name, str) or name not in MAE_PRESETS:
         raise ValueError(f"MAE preset must be one of {sorted(MAE_PRESETS)}, got {name!r}")
     return MAEConfig(**{**MAE_PRESETS[name], **overrides})
 
@@ -188,6 +207,31 @@ def _decoder_layer_shapes(c: MAEConfig):
     if c.tie_decoder:
         del shapes["E"], shapes["U"]
     return shapes
+
+
+def mae_param_shapes(config: MAEConfig) -> dict:
+    """Name -> shape of every parameter :func:`init_mae_params` makes (what
+    :func:`mae_forward` checks ``params`` against)."""
+    check_config(config, MAEConfig)
+    d, P = config.dim, config.patch_dim
+    shapes = {"embed.W": (d, P), "embed.b": (d,), "cls_token": (d,), "mask_token": (d,)}
+    for i in range(config.depth):
+        shapes.update({f"layers.{i}.{k}": v for k, v in _encoder_layer_shapes(config).items()})
+    shapes.update({"enc_norm.gamma": (d,), "enc_norm.beta": (d,)})
+    for i in range(config.depth):
+        shapes.update({f"decoder.{i}.{k}": v for k, v in _decoder_layer_shapes(config).items()})
+    shapes.update({"dec_norm.gamma": (d,), "dec_norm.beta": (d,), "pred.W": (P, d), "pred.b": (P,)})
+    return shapes
+
+
+def _backend_and_dtype(config, backend, dtype):
+    xp = get_backend(backend) if isinstance(backend, str) else backend
+    if not (hasattr(xp, "asarray") and hasattr(xp, "float64")):
+        raise TypeError(f"backend must be a backend name or an array namespace, got {describe(backend)}")
+    dtype = config.dtype if dtype is None else dtype
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return xp, dtype
 
 
 def init_mae_params(config: MAEConfig, seed: int = 0, backend="numpy", dtype: str | None = None):
@@ -210,8 +254,9 @@ def init_mae_params(config: MAEConfig, seed: int = 0, backend="numpy", dtype: st
     Returns:
         a flat dict name -> array (see the module docstring).
     """
-    xp = get_backend(backend) if isinstance(backend, str) else backend
-    dtype = dtype or config.dtype
+    check_config(config, MAEConfig)
+    seed = check_int(seed, "seed", minimum=0)
+    xp, dtype = _backend_and_dtype(config, backend, dtype)
     d, P = config.dim, config.patch_dim
     seeds = iter(range(seed * 100_003 + 7, seed * 100_003 + 10_007))
 
@@ -260,10 +305,7 @@ def init_mae_params(config: MAEConfig, seed: int = 0, backend="numpy", dtype: st
 
 def mae_param_count(config: MAEConfig) -> int:
     """Number of trainable scalars (the fixed positional buffer not included)."""
-    enc = sum(math.prod(s) for s in _encoder_layer_shapes(config).values())
-    dec = sum(math.prod(s) for s in _decoder_layer_shapes(config).values())
-    d, P = config.dim, config.patch_dim
-    return P * d + d + 2 * d + config.depth * (enc + dec) + 4 * d + d * P + P
+    return sum(math.prod(s) for s in mae_param_shapes(config).values())
 
 
 def sincos_pos_embedding(dim, grid_size, cls_token=True):
@@ -279,6 +321,10 @@ def sincos_pos_embedding(dim, grid_size, cls_token=True):
     """
     import numpy as np
 
+    dim = check_int(dim, "dim", minimum=1)
+    grid_size = check_int(grid_size, "grid_size", minimum=1)
+    if not isinstance(cls_token, bool):
+        raise TypeError(f"cls_token must be True or False, got {cls_token!r}")
     if dim % 4:
         raise ValueError(f"dim must be divisible by 4, got {dim}")
     omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))
@@ -301,7 +347,31 @@ def sincos_pos_embedding(dim, grid_size, cls_token=True):
 def num_visible(num_patches, mask_ratio):
     """Patches kept per image: ⌊(1 − r)·Np⌋ as in the release (with a guard
     against float round-off, so 10 patches at r = 0.9 keep exactly one)."""
+    num_patches = check_int(num_patches, "num_patches", minimum=1)
+    mask_ratio = _check_ratio(mask_ratio)
     return int(math.floor(num_patches * (1.0 - mask_ratio) + 1e-9))
+
+
+def _check_ratio(mask_ratio):
+    if isinstance(mask_ratio, bool):
+        raise TypeError(f"mask_ratio must be a real number, got {mask_ratio!r}")
+    r = check_real(mask_ratio, "mask_ratio")
+    if not 0 < r < 1:
+        raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio!r}")
+    return r
+
+
+def _host_ints(values, name):
+    """Host NumPy integers from a NumPy or backend integer array (never floats,
+    which would be truncated silently)."""
+    import numpy as np
+
+    if not (hasattr(values, "shape") and hasattr(values, "dtype")):
+        raise TypeError(f"{name} must be an integer array, got {describe(values)}")
+    host = to_numpy(values)
+    if not np.issubdtype(host.dtype, np.integer):
+        raise TypeError(f"{name} must have an integer dtype, got {describe(values)}")
+    return host
 
 
 def random_masking(keys, num_patches, mask_ratio, *, seed):
@@ -324,13 +394,14 @@ def random_masking(keys, num_patches, mask_ratio, *, seed):
     """
     import numpy as np
 
-    keys = np.asarray(keys, dtype=np.int64)
+    keys = _host_ints(keys, "keys").astype(np.int64)
     if keys.ndim == 1:
         keys = keys[:, None]
-    if keys.ndim != 2 or np.any(keys < 0):
-        raise ValueError(f"keys must be (B,) or (B, k) non-negative integers, got shape {keys.shape}")
-    if not 0 < mask_ratio < 1:
-        raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+    if keys.ndim != 2 or keys.size == 0 or np.any(keys < 0):
+        raise ValueError(f"keys must be (B,) or (B, k) non-negative integers, B, k >= 1, "
+                         f"got {describe(keys)}")
+    num_patches = check_int(num_patches, "num_patches", minimum=1)
+    seed = check_int(seed, "seed", minimum=0)
     keep = num_visible(num_patches, mask_ratio)
     mask = np.ones((len(keys), num_patches), dtype=bool)
     for i, key in enumerate(keys):
@@ -343,15 +414,27 @@ def no_masking(batch, num_patches):
     """All patches visible: ``(B, Np)`` False (for features and the linear probe)."""
     import numpy as np
 
+    batch = check_int(batch, "batch", minimum=1)
+    num_patches = check_int(num_patches, "num_patches", minimum=1)
     return np.zeros((batch, num_patches), dtype=bool)
 
 
 def _mask_in(mask, like, B, Np):
-    """The mask as a bool array in ``like``'s namespace and device, checked."""
+    """The mask (host or any backend; bool, or integers/floats that are all 0 or 1)
+    as a bool array in ``like``'s namespace and device, checked."""
+    import numpy as np
+
     xp = namespace(like)
+    if not (hasattr(mask, "shape") and hasattr(mask, "dtype")):
+        raise TypeError(f"mask must be a bool (or 0/1) array, got {describe(mask)}")
     if tuple(mask.shape) != (B, Np):
-        raise ValueError(f"mask must have shape (B, Np) = ({B}, {Np}), got {tuple(mask.shape)}")
+        raise ValueError(f"mask must have shape (B, Np) = ({B}, {Np}), got {describe(mask)}")
     m = to_numpy(mask)
+    if m.dtype != bool:
+        if not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)):
+            raise TypeError(f"mask must be a bool (or 0/1) array, got {describe(mask)}")
+        if not np.all((m == 0) | (m == 1)):
+            raise ValueError(f"mask must hold only 0/1 (or False/True) values, got {describe(mask)}")
     return xp.asarray(m.astype(bool), device=device_of(like))
 
 
@@ -373,11 +456,13 @@ def mae_encode(params, images, mask, config: MAEConfig, *, fast=False):
     Returns:
         ``(Z, cache)``: Z ``(B, Np + 1, d)`` (row 0 is the class token).
     """
+    check_config(config, MAEConfig)
     check_array(images, "images", ndim=4)
     B, C, H, W = images.shape
     if (C, H, W) != (config.channels, config.image_size, config.image_size):
         raise ValueError(f"images must have shape (B, {config.channels}, {config.image_size}, "
                          f"{config.image_size}) for this config, got {tuple(images.shape)}")
+    check_params_shapes(params, mae_param_shapes(config), images=images)
     xp = namespace(images, params["embed.W"])
     patches = patchify(images, config.patch_size)
     Np, d = config.num_patches, config.dim
@@ -418,7 +503,6 @@ def mae_forward(params, images, mask, config: MAEConfig, *, fast=False):
         predicted too but do not enter the loss); ``cache["patches"]`` is the
         target.
     """
-    xp = namespace(images, params["embed.W"])
     Z, cache = mae_encode(params, images, mask, config, fast=fast)
     use_fast = fast and fast_supports(**config.decoder_options())
     layer_forward = fast_decoder_layer_forward if use_fast else decoder_layer_forward
@@ -446,6 +530,9 @@ def masked_mse_forward(pred, target, mask):
     Returns:
         ``(loss, cache)``: loss a 0-d array.
     """
+    check_array(pred, "pred", ndim=3)
+    check_array(target, "target", ndim=3)
+    check_same_kind(pred=pred, target=target)
     xp = namespace(pred, target)
     if tuple(pred.shape) != tuple(target.shape):
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have one shape")
@@ -455,12 +542,15 @@ def masked_mse_forward(pred, target, mask):
         raise ValueError("the mask masks no patch: the masked-patch MSE is undefined")
     diff = pred - target
     per_patch = xp.mean(diff * diff, axis=-1)
-    return xp.sum(per_patch * m) / count, (diff, m, count)
+    return xp.sum(per_patch * m) / count, {"diff": diff, "m": m, "count": count}
 
 
 def masked_mse_backward(dloss, cache):
-    r""":math:`\partial L/\partial\hat y_i = 2 m_i(\hat y_i - t_i)/(P_d\sum_j m_j)` times ``dloss``."""
-    diff, m, count = cache
+    r""":math:`\partial L/\partial\hat y_i = 2 m_i(\hat y_i - t_i)/(P_d\sum_j m_j)` times ``dloss``
+    (a finite real number, the upstream gradient of the 0-d loss)."""
+    check_cache(cache, "masked_mse_forward", keys=("diff", "m", "count"))
+    dloss = check_real(dloss, "dloss")
+    diff, m, count = cache["diff"], cache["m"], cache["count"]
     xp = namespace(diff)
     return (2.0 * dloss / (diff.shape[-1] * count)) * diff * xp.reshape(m, (*m.shape, 1))
 
@@ -478,8 +568,12 @@ def mae_backward(dpred, cache):
     Returns:
         a dict with exactly the keys of the parameters.
     """
-    xp = namespace(dpred)
+    check_cache(cache, "mae_forward", keys=("patches", "mask", "embed", "pos", "layers", "norm",
+                                            "layer_backward", "decoder", "dec_norm", "pred",
+                                            "out_shape"))
     B, N, Pd = cache["out_shape"]
+    check_cotangent(dpred, (B, N - 1, Pd), cache["patches"], name="dpred")
+    xp = namespace(dpred)
     grads = {}
     zero_row = xp.zeros((B, 1, Pd), dtype=dpred.dtype, device=device_of(dpred))
     dZ, g = linear_backward(xp.concat([zero_row, dpred], axis=1), cache["pred"])
@@ -548,6 +642,28 @@ def _batched(n, batch_size):
         yield slice(start, min(start + batch_size, n))
 
 
+def _host_images(images, config, name="images"):
+    """Host (NumPy) images ``(n, C, H, W)`` of the config's size, floating and finite."""
+    check_array(images, name, ndim=4)
+    host = to_numpy(images)
+    want = (config.channels, config.image_size, config.image_size)
+    if tuple(host.shape[1:]) != want:
+        raise ValueError(f"{name} must have shape (n, {want[0]}, {want[1]}, {want[2]}) for this "
+                         f"config, got {describe(images)}")
+    return host
+
+
+def _eval_keys(keys, n):
+    import numpy as np
+
+    if keys is None:
+        return np.arange(n)
+    keys = _host_ints(keys, "keys")
+    if keys.ndim not in (1, 2) or len(keys) != n:
+        raise ValueError(f"keys must have one row per image ({n}), got {describe(keys)}")
+    return keys
+
+
 def evaluate_masked_mse(params, config: MAEConfig, images, *, seed=0, batch_size=500, keys=None):
     """Masked-patch MSE on host images with the fixed evaluation masks
     (keys = image index unless given); exact average over all masked patches."""
@@ -555,9 +671,14 @@ def evaluate_masked_mse(params, config: MAEConfig, images, *, seed=0, batch_size
 
     from .validate import finite_checks
 
+    check_config(config, MAEConfig)
+    check_params_shapes(params, mae_param_shapes(config))
+    images = _host_images(images, config)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    seed = check_int(seed, "seed", minimum=0)
     xp = namespace(params["embed.W"])
     dtype = params["embed.W"].dtype
-    keys = np.arange(len(images)) if keys is None else np.asarray(keys)
+    keys = _eval_keys(keys, len(images))
     total, count = 0.0, 0
     with finite_checks(False):
         for sl in _batched(len(images), batch_size):
@@ -574,7 +695,9 @@ def mean_patch_baseline(train_images, patch_size):
     """The baseline predictor: each position's mean training patch, ``(Np, P_d)`` NumPy."""
     import numpy as np
 
-    return np.asarray(patchify(np.asarray(train_images, dtype=np.float64), patch_size)).mean(axis=0)
+    check_array(train_images, "train_images", ndim=4)
+    host = to_numpy(train_images).astype(np.float64)
+    return np.asarray(patchify(host, patch_size)).mean(axis=0)
 
 
 def baseline_masked_mse(baseline, images, config: MAEConfig, *, seed=0, keys=None):
@@ -582,9 +705,13 @@ def baseline_masked_mse(baseline, images, config: MAEConfig, *, seed=0, keys=Non
     as :func:`evaluate_masked_mse`."""
     import numpy as np
 
-    keys = np.arange(len(images)) if keys is None else np.asarray(keys)
+    check_config(config, MAEConfig)
+    images = _host_images(images, config)
+    check_array(baseline, "baseline", ndim=2, shape=(config.num_patches, config.patch_dim))
+    baseline = to_numpy(baseline).astype(np.float64)
+    keys = _eval_keys(keys, len(images))
     mask = random_masking(keys, config.num_patches, config.mask_ratio, seed=seed)
-    target = np.asarray(patchify(np.asarray(images, dtype=np.float64), config.patch_size))
+    target = np.asarray(patchify(images.astype(np.float64), config.patch_size))
     per_patch = ((target - baseline[None]) ** 2).mean(axis=-1)
     return float((per_patch * mask).sum() / mask.sum())
 
@@ -597,8 +724,12 @@ def encoder_features(params, config: MAEConfig, images, *, pool="mean", batch_si
 
     from .validate import finite_checks
 
-    if pool not in ("mean", "cls", "both"):
+    if not isinstance(pool, str) or pool not in ("mean", "cls", "both"):
         raise ValueError(f"pool must be 'mean', 'cls' or 'both', got {pool!r}")
+    check_config(config, MAEConfig)
+    check_params_shapes(params, mae_param_shapes(config))
+    images = _host_images(images, config)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     xp = namespace(params["embed.W"])
     dtype = params["embed.W"].dtype
     out = []
@@ -614,8 +745,30 @@ def encoder_features(params, config: MAEConfig, images, *, pool="mean", batch_si
 
 def linear_probe(train_x, train_y, test_x, test_y, *, C=1.0, max_iter=2000):
     """Logistic regression (scikit-learn, lbfgs, L2 penalty C) on standardised
-    features; returns ``{"train_accuracy", "test_accuracy"}``."""
+    features; returns ``{"train_accuracy", "test_accuracy"}``.
+
+    ``train_x``/``test_x``: ``(n, ...)`` floating features (host or any backend;
+    flattened per row, the same width for both); ``train_y``/``test_y``: ``(n,)``
+    integer labels; ``C`` > 0; ``max_iter`` >= 1.
+    """
     import numpy as np
+
+    C = check_positive(C, "C")
+    max_iter = check_int(max_iter, "max_iter", minimum=1)
+    for x_name, y_name, x, y in (("train_x", "train_y", train_x, train_y),
+                                 ("test_x", "test_y", test_x, test_y)):
+        check_array(x, x_name, min_ndim=2)
+        labels = _host_ints(y, y_name)
+        if labels.ndim != 1 or len(labels) != x.shape[0]:
+            raise ValueError(f"{y_name} must be ({x.shape[0]},) labels, one per row of {x_name}, "
+                             f"got {describe(y)}")
+    if math.prod(train_x.shape[1:]) != math.prod(test_x.shape[1:]):
+        raise ValueError(f"train_x and test_x must have one feature width, got {describe(train_x)} "
+                         f"and {describe(test_x)}")
+    train_x, test_x = to_numpy(train_x), to_numpy(test_x)
+    train_y, test_y = _host_ints(train_y, "train_y"), _host_ints(test_y, "test_y")
+    if len(np.unique(train_y)) < 2:
+        raise ValueError("train_y must hold at least two classes for a linear probe")
 
     try:
         from sklearn.linear_model import LogisticRegression
@@ -660,6 +813,10 @@ def to_canvas(images, size, fill):
     masked.  Returns the images unchanged when they already have that size."""
     import numpy as np
 
+    check_array(images, "images", ndim=4)
+    images = to_numpy(images)
+    size = check_int(size, "size", minimum=1)
+    fill = check_real(fill, "fill")
     h, w = images.shape[-2:]
     if (h, w) == (size, size):
         return images
@@ -687,7 +844,7 @@ def mae_recipe(name, **train_overrides):
     """``(MAEConfig, TrainConfig)`` of a named recipe (``MAE_RECIPES``)."""
     from .train import TrainConfig
 
-    if name not in MAE_RECIPES:
+    if not isinstance(name, str) or name not in MAE_RECIPES:
         raise ValueError(f"MAE recipe must be one of {sorted(MAE_RECIPES)}, got {name!r}")
     model_part, train_part = MAE_RECIPES[name]
     return mae_preset(model_part["preset"]), TrainConfig(**{**train_part, **train_overrides})

@@ -33,10 +33,10 @@ from .loss import cross_entropy_backward, cross_entropy_forward
 from .validate import (
     check_array,
     check_cache,
+    check_config_fields,
     check_cotangent,
     check_int,
     check_keys,
-    check_positive,
     check_same_kind,
     finite_checks_enabled,
 )
@@ -68,37 +68,22 @@ class CRATEConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        for name in ("image_size", "patch_size", "channels", "dim", "depth", "heads", "num_classes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"CRATEConfig.{name} must be a positive integer, got {value!r}")
-        try:
-            ok = all(math.isfinite(float(v)) and float(v) >= 0 for v in (self.eta, self.lam))
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"eta and lam must be >= 0 (and finite), got eta={self.eta!r}, lam={self.lam!r}"
-            )
-        check_positive(self.ln_eps, "ln_eps")
-        if self.attn_scale is not None:
-            check_positive(self.attn_scale, "attn_scale")
-        if check_positive(self.label_smoothing, "label_smoothing", allow_zero=True) >= 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        for name in ("tie_out", "use_layernorm"):
-            if not isinstance(getattr(self, name), bool):
-                value = getattr(self, name)
-                raise TypeError(f"CRATEConfig.{name} must be True or False, got {value!r}")
+        check_config_fields(
+            self,
+            ints=("image_size", "patch_size", "channels", "dim", "depth", "heads", "num_classes"),
+            nonneg=(("eta", "lam"),),
+            positive=("ln_eps", "attn_scale"),
+            optional=("attn_scale",),
+            unit=("label_smoothing",),
+            bools=("tie_out", "use_layernorm"),
+            choices={"pool": ("cls", "mean")},
+        )
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}"
             )
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads} (p = dim/heads)")
-        if self.pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
 
     @property
     def head_dim(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import operator
 from collections.abc import Mapping
 
@@ -182,3 +183,143 @@ def check_heads(U, d, name="U"):
             f"{name} must have shape (K, d, p) with d = {d} (the token width), got {describe(U)}"
         )
     return U.shape[0], U.shape[2]
+
+
+def check_config(config, cls, name="config"):
+    """``config`` must be an instance of the dataclass ``cls`` (not ``None``, a dict or a name)."""
+    if not isinstance(config, cls):
+        raise TypeError(f"{name} must be a {cls.__module__}.{cls.__name__}, got {describe(config)}")
+    return config
+
+
+def check_params_shapes(params, shapes, *, name="params", **like):
+    """``params`` must hold every key of ``shapes`` with exactly that shape, all
+    floating and finite, of one namespace, dtype and device -- those of the
+    arrays given as keywords too (e.g. ``images=...``).  Extra keys are allowed.
+
+    With the non-finite scans off (training), a quick pass compares shapes and
+    Python type, dtype and device attributes only; the full checks run when it
+    fails, to name the first offender.
+    """
+    check_keys(params, shapes, name)
+    if not _FINITE[0] and _params_look_right(params, shapes, like):
+        return params
+    for key, shape in shapes.items():
+        check_array(params[key], f"{name}[{key!r}]", ndim=len(shape), shape=shape)
+    check_same_kind(**like, **{f"{name}[{k!r}]": params[k] for k in shapes})
+    return params
+
+
+def _params_look_right(params, shapes, like):
+    arrays = [a for a in like.values() if a is not None] + [params[k] for k in shapes]
+    if not arrays:
+        return True
+    first = arrays[0]
+    return (
+        all(tuple(getattr(params[k], "shape", ())) == tuple(s) for k, s in shapes.items())
+        and _one_kind(arrays)
+        and namespace(first).isdtype(first.dtype, "real floating")
+    )
+
+
+def check_int_array(x, name, *, ndim=None):
+    """An integer array (host NumPy or any backend; not bool, not float: floats
+    are never silently truncated to ids), non-empty, of ``ndim`` axes."""
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise TypeError(f"{name} must be an integer array, got {describe(x)}")
+    if not namespace(x).isdtype(x.dtype, "integral"):
+        raise TypeError(f"{name} must have an integer dtype, got {describe(x)}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} axes, got {describe(x)}")
+    if any(s == 0 for s in x.shape):
+        raise ValueError(f"{name} must not be empty, got {describe(x)}")
+    return x
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _or_list(values):
+    items = [repr(v) for v in values]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def check_config_fields(
+    config,
+    *,
+    ints=(),
+    nonneg=(),
+    positive=(),
+    optional=(),
+    open_unit=(),
+    unit=(),
+    bools=(),
+    choices=None,
+    dtypes=("float32", "float64"),
+):
+    """The field checks shared by the configuration dataclasses' ``__post_init__``.
+
+    Every message names ``ClassName.field`` and the value it got.
+
+    Args:
+        config: the dataclass instance.
+        ints: fields that must be integers >= 1 (not bools).
+        nonneg: fields that must be finite reals >= 0; a tuple of names is a
+            group reported together ("eta and lam must be >= 0 ...").
+        positive: fields that must be finite reals > 0.
+        optional: fields (among the above) for which ``None`` is valid too.
+        open_unit: fields that must lie in (0, 1); ``unit``: in [0, 1).
+        bools: fields that must be ``True`` or ``False``.
+        choices: ``{field: allowed values}``.
+        dtypes: the allowed values of ``config.dtype`` (``None``: no such field).
+    """
+    cls = type(config).__name__
+    get = lambda f: getattr(config, f)  # noqa: E731
+    for f in ints:
+        value = get(f)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{cls}.{f} must be a positive integer, got {describe(value)}")
+        if value < 1:
+            raise ValueError(f"{cls}.{f} must be a positive integer, got {value!r}")
+
+    def real(f):
+        value = get(f)
+        if value is None and f in optional:
+            return None
+        if not _is_real(value):
+            raise TypeError(f"{cls}.{f} must be a real number, got {describe(value)}")
+        return float(value)
+
+    for group in nonneg:
+        group = (group,) if isinstance(group, str) else tuple(group)
+        for f in group:
+            v = real(f)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                if len(group) == 1:
+                    raise ValueError(f"{cls}.{f} must be >= 0 (and finite), got {get(f)!r}")
+                got = ", ".join(f"{g}={get(g)!r}" for g in group)
+                raise ValueError(f"{cls}.{f} is {get(f)!r}: {' and '.join(group)} must be >= 0 "
+                                 f"(and finite), got {got}")
+    for f in positive:
+        if real(f) is not None:
+            check_positive(get(f), f"{cls}.{f}")
+    for f in open_unit:
+        v = real(f)
+        if v is not None and not 0 < v < 1:
+            raise ValueError(f"{cls}.{f} must be in (0, 1), got {get(f)!r}")
+    for f in unit:
+        v = real(f)
+        if v is not None and not 0 <= v < 1:
+            raise ValueError(f"{cls}.{f} must be in [0, 1), got {get(f)!r}")
+    for f in bools:
+        if not isinstance(get(f), bool):
+            raise TypeError(f"{cls}.{f} must be True or False, got {get(f)!r}")
+    allowed = dict(choices or {})
+    if dtypes is not None:
+        allowed["dtype"] = tuple(dtypes)
+    for f, values in allowed.items():
+        value = get(f)
+        if value not in values:
+            raise ValueError(f"{cls}.{f} must be {_or_list(values)}, got {value!r}")
+    return config
