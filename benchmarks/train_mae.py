@@ -87,7 +87,8 @@ def main(argv=None):
         print(f"   test masked-patch MSE {row['test_masked_mse']:.4f} = {ratio:.3f} × baseline "
               f"{row['baseline_masked_mse']:.4f} (target ≤ {TARGET}: {'met' if row['target_met'] else 'NOT met'}); "
               f"linear probe {100 * row['probe_features_test_accuracy']:.1f}% (encoder) vs "
-              f"{100 * row['probe_pixels_test_accuracy']:.1f}% (pixels); {row['train_wall_s'] / 60:.1f} min", flush=True)
+              f"{100 * row['probe_pixels_test_accuracy']:.1f}% (pixels); {row['train_wall_s'] / 60:.1f} min",
+              flush=True)
     report = {"data": args.data, "model_config": dataclasses.asdict(config), "train_config": dataclasses.asdict(tc),
               "python": platform.python_version(), "machine": platform.machine(), "rows": rows}
     os.makedirs(args.out, exist_ok=True)

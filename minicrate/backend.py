@@ -83,7 +83,7 @@ def same_device(*arrays, names=None):
     devices = [device_of(a) for a in arrays]
     if any(d != devices[0] for d in devices[1:]):
         names = names or [f"argument {i}" for i in range(len(arrays))]
-        listing = ", ".join(f"{n} on {d}" for n, d in zip(names, devices))
+        listing = ", ".join(f"{n} on {d}" for n, d in zip(names, devices, strict=False))
         raise ValueError(f"arrays live on different devices: {listing}")
 
 

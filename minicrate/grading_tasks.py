@@ -33,7 +33,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from .backend import to_numpy
-from .grading import Case, FiniteDifferences, Mistake, Task, solution_of as _solution
+from .grading import Case, FiniteDifferences, Mistake, Task
+from .grading import solution_of as _solution
 from .strategies import seeds, well_conditioned_tokens
 
 # --------------------------------------------------------------------------

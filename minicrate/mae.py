@@ -957,8 +957,18 @@ def train_mae(model_config: MAEConfig, train_config, out_dir, *, resume=False, p
     from .augment import batch_rng, random_shift
     from .optim import clip_by_global_norm, make_optimizer
     from .schedule import warmup_cosine
-    from .train import (CHECKPOINT, CURVES, METRICS, TrainConfig, TrainingDiverged, TrainingInterrupted,
-                        _check_resumable, _progress_factory, _Signals, _write_json)
+    from .train import (
+        CHECKPOINT,
+        CURVES,
+        METRICS,
+        TrainConfig,
+        TrainingDiverged,
+        TrainingInterrupted,
+        _check_resumable,
+        _progress_factory,
+        _Signals,
+        _write_json,
+    )
     from .validate import finite_checks
 
     if not isinstance(model_config, MAEConfig):
@@ -1016,7 +1026,8 @@ def train_mae(model_config: MAEConfig, train_config, out_dir, *, resume=False, p
             "status": status, "message": message, "kind": "crate-mae",
             "model_config": dataclasses.asdict(mc), "train_config": dataclasses.asdict(tc),
             "param_count": mae_param_count(mc), "n_train": n_train, "n_test": int(len(split.x_test)),
-            "mask_ratio": mc.mask_ratio, "masked_per_image": mc.num_patches - num_visible(mc.num_patches, mc.mask_ratio),
+            "mask_ratio": mc.mask_ratio,
+            "masked_per_image": mc.num_patches - num_visible(mc.num_patches, mc.mask_ratio),
             "num_patches": mc.num_patches, "steps": position["step"], "steps_per_epoch": steps_per_epoch,
             "wall_time_s": wall(), "history": history,
             "test_masked_mse": last.get("test_mse"), "baseline_masked_mse": baseline_mse,

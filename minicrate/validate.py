@@ -67,7 +67,7 @@ def check_array(x, name, *, ndim=None, min_ndim=None, shape=None, floating=True,
         raise ValueError(f"{name} must have at least {min_ndim} axes, got {describe(x)}")
     if shape is not None:
         tail = tuple(x.shape[x.ndim - len(shape) :]) if x.ndim >= len(shape) else None
-        if tail is None or any(e is not None and e != t for e, t in zip(shape, tail)):
+        if tail is None or any(e is not None and e != t for e, t in zip(shape, tail, strict=True)):
             want = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
             raise ValueError(f"{name} must have trailing shape {want}, got {describe(x)}")
     if any(s == 0 for s in x.shape):

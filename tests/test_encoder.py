@@ -38,7 +38,8 @@ def test_encoder_layer_gradients_match_fd(xp, switches, seed):
     # Keep away from the ReLU kink: skip draws with a pre-activation near 0.
     X2 = cache["ista"]["X"]
     D = cache["params"]["D"]
-    pre = mc.to_numpy(X2 + switches["eta"] * ((X2 - X2 @ xp.matrix_transpose(D)) @ D)) - switches["eta"] * switches["lam"]
+    eta, lam = switches["eta"], switches["lam"]
+    pre = mc.to_numpy(X2 + eta * ((X2 - X2 @ xp.matrix_transpose(D)) @ D)) - eta * lam
     if np.min(np.abs(pre)) < 0.02:
         return
     dY = normal(xp, Y.shape, seed + 11)
