@@ -215,6 +215,24 @@ def _backward_case(name, forward, backward, out_name="dY", extra_arrays=()):
     return Case(name, build, call, {out_name: Arr(ranks=()), "cache": Num("cache")})
 
 
+def _init_case(name, init, config, dtype):
+    """An ``init_params``-like function: ``init(config, seed=, backend=, dtype=)``."""
+    return Case(
+        name,
+        lambda xp, dt: {"config": config, "seed": 0, "backend": "numpy", "dtype": dtype},
+        lambda kw: list(
+            init(kw["config"], seed=kw["seed"], backend=kw["backend"], dtype=kw["dtype"]).values()
+        ),
+        {
+            "config": Num("config"),
+            "seed": Num("int0"),
+            "backend": Num("choice"),
+            "dtype": Num("choice", none_ok=True),
+        },
+        coupled=False,
+    )
+
+
 # ----------------------------------------------------------------------------
 # The cases: one per public function (and per form where forms differ)
 
@@ -750,24 +768,7 @@ def _model_cases():
             {**specs, "images": Arr(ranks=(4,)), "labels": Arr(ranks=(1,), kind="int")},
         )
     )
-    cases.append(
-        Case(
-            "init_params",
-            lambda xp, dt: {"config": TINY, "seed": 0, "backend": "numpy", "dtype": "float64"},
-            lambda kw: list(
-                mc.init_params(
-                    kw["config"], seed=kw["seed"], backend=kw["backend"], dtype=kw["dtype"]
-                ).values()
-            ),
-            {
-                "config": Num("config"),
-                "seed": Num("int0"),
-                "backend": Num("choice"),
-                "dtype": Num("choice", none_ok=True),
-            },
-            coupled=False,
-        )
-    )
+    cases.append(_init_case("init_params", mc.init_params, TINY, "float64"))
     cases.append(
         Case(
             "param_count",
@@ -1024,24 +1025,7 @@ def _lm_cases():
         )
     )
     config_only = {"config": Num("config")}
-    cases.append(
-        Case(
-            "lm.init_params",
-            lambda xp, dt: {"config": LM_TINY, "seed": 0, "backend": "numpy", "dtype": "float64"},
-            lambda kw: list(
-                lm.init_params(
-                    kw["config"], seed=kw["seed"], backend=kw["backend"], dtype=kw["dtype"]
-                ).values()
-            ),
-            {
-                "config": Num("config"),
-                "seed": Num("int0"),
-                "backend": Num("choice"),
-                "dtype": Num("choice", none_ok=True),
-            },
-            coupled=False,
-        )
-    )
+    cases.append(_init_case("lm.init_params", lm.init_params, LM_TINY, "float64"))
     cases.append(
         Case(
             "lm.param_count",
@@ -1420,24 +1404,7 @@ def _mae_cases():
                 {"name": Num("choice")},
             )
         )
-    cases.append(
-        Case(
-            "init_mae_params",
-            lambda xp, dt: {"config": MAE_TINY, "seed": 0, "backend": "numpy", "dtype": None},
-            lambda kw: list(
-                mae.init_mae_params(
-                    kw["config"], seed=kw["seed"], backend=kw["backend"], dtype=kw["dtype"]
-                ).values()
-            ),
-            {
-                "config": Num("config"),
-                "seed": Num("int0"),
-                "backend": Num("choice"),
-                "dtype": Num("choice", none_ok=True),
-            },
-            coupled=False,
-        )
-    )
+    cases.append(_init_case("init_mae_params", mae.init_mae_params, MAE_TINY, None))
     for name, fn in (
         ("mae_param_count", mae.mae_param_count),
         ("mae_param_shapes", lambda c: len(mae.mae_param_shapes(c))),
