@@ -233,6 +233,16 @@ def _init_case(name, init, config, dtype):
     )
 
 
+def _intermediates_case(name, intermediates, run_forward):
+    """``intermediates(cache)`` of the cache that ``run_forward(xp, dt)`` returns second."""
+    return Case(
+        name,
+        lambda xp, dt: {"cache": run_forward(xp, dt)[1]},
+        lambda kw: [a for v in intermediates(kw["cache"]).values() for a in v],
+        {"cache": Num("cache")},
+    )
+
+
 # ----------------------------------------------------------------------------
 # The cases: one per public function (and per form where forms differ)
 
@@ -778,17 +788,9 @@ def _model_cases():
         )
     )
 
-    def inter_build(xp, dt):
-        _, cache = mc.forward(*_model_inputs(xp, dt)[:2], TINY)
-        return {"cache": cache}
-
     cases.append(
-        Case(
-            "intermediates",
-            inter_build,
-            lambda kw: [a for v in mc.intermediates(kw["cache"]).values() for a in v],
-            {"cache": Num("cache")},
-        )
+        _intermediates_case("intermediates", mc.intermediates,
+                            lambda xp, dt: mc.forward(*_model_inputs(xp, dt)[:2], TINY))
     )
     cases.append(
         Case(
@@ -1229,17 +1231,8 @@ def _lm_cases():
         )
     )
 
-    def inter_build(xp, dt):
-        _, cache = lm.forward(**fwd_build(xp, dt))
-        return {"cache": cache}
-
     cases.append(
-        Case(
-            "lm.intermediates",
-            inter_build,
-            lambda kw: [a for v in lm.intermediates(kw["cache"]).values() for a in v],
-            {"cache": Num("cache")},
-        )
+        _intermediates_case("lm.intermediates", lm.intermediates, lambda xp, dt: lm.forward(**fwd_build(xp, dt)))
     )
     cases.append(
         Case(
