@@ -243,6 +243,16 @@ def _intermediates_case(name, intermediates, run_forward):
     )
 
 
+def _config_case(name, fn, config):
+    """A function of the config alone that returns a number."""
+    return Case(
+        name,
+        lambda xp, dt: {"config": config},
+        lambda kw: [np.asarray(float(fn(kw["config"])))],
+        {"config": Num("config")},
+    )
+
+
 # ----------------------------------------------------------------------------
 # The cases: one per public function (and per form where forms differ)
 
@@ -779,14 +789,7 @@ def _model_cases():
         )
     )
     cases.append(_init_case("init_params", mc.init_params, TINY, "float64"))
-    cases.append(
-        Case(
-            "param_count",
-            lambda xp, dt: {"config": TINY},
-            lambda kw: [np.asarray(float(mc.param_count(kw["config"])))],
-            {"config": Num("config")},
-        )
-    )
+    cases.append(_config_case("param_count", mc.param_count, TINY))
 
     cases.append(
         _intermediates_case("intermediates", mc.intermediates,
@@ -1026,24 +1029,9 @@ def _lm_cases():
             {k: Num(v, none_ok=(k == "attn_scale")) for k, v in kinds.items()},
         )
     )
-    config_only = {"config": Num("config")}
     cases.append(_init_case("lm.init_params", lm.init_params, LM_TINY, "float64"))
-    cases.append(
-        Case(
-            "lm.param_count",
-            lambda xp, dt: {"config": LM_TINY},
-            lambda kw: [np.asarray(float(lm.param_count(kw["config"])))],
-            config_only,
-        )
-    )
-    cases.append(
-        Case(
-            "lm.param_shapes",
-            lambda xp, dt: {"config": LM_TINY},
-            lambda kw: [np.asarray(len(lm.param_shapes(kw["config"])))],
-            config_only,
-        )
-    )
+    cases.append(_config_case("lm.param_count", lm.param_count, LM_TINY))
+    cases.append(_config_case("lm.param_shapes", lambda c: len(lm.param_shapes(c)), LM_TINY))
     cases.append(
         Case(
             "lm.layer_params",
@@ -1402,14 +1390,7 @@ def _mae_cases():
         ("mae_param_count", mae.mae_param_count),
         ("mae_param_shapes", lambda c: len(mae.mae_param_shapes(c))),
     ):
-        cases.append(
-            Case(
-                name,
-                lambda xp, dt: {"config": MAE_TINY},
-                lambda kw, fn=fn: [np.asarray(float(fn(kw["config"])))],
-                {"config": Num("config")},
-            )
-        )
+        cases.append(_config_case(name, fn, MAE_TINY))
     cases.append(
         Case(
             "sincos_pos_embedding",
