@@ -244,3 +244,32 @@ def test_fused_layers_give_the_same_loss_and_gradients(tie):
     assert loss_f == pytest.approx(loss, rel=1e-12)
     for k in grads:
         np.testing.assert_allclose(grads_f[k], grads[k], rtol=1e-9, atol=1e-12)
+
+
+def test_train_mae_command_options_reach_the_configs():
+    """`train-mae` flags override the recipe: canvas, patch, W_out's initial gain, optimisation."""
+    import argparse
+
+    from minicrate.commands import train_mae as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--data", "mnist", "--image-size", "28", "--patch", "2", "--out-init-gain", "1.0",
+                              "--epochs", "3", "--lr", "1e-3"])
+    model_config, train_config = command.configs_from_args(args)
+    assert (model_config.image_size, model_config.patch_size, model_config.num_patches) == (28, 2, 196)
+    assert model_config.out_init_gain == 1.0
+    assert (train_config.epochs, train_config.lr) == (3, 1e-3)
+    assert train_config.warmup_epochs <= 1.5  # a short run keeps the warm-up within half of it
+    default_model, _ = command.configs_from_args(parser.parse_args([]))
+    assert default_model.out_init_gain == 0.1
+
+
+def test_out_init_gain_scales_the_initial_attention_output_maps():
+    """W_out starts at gain × the release's xavier draw (the same draw), everything else unchanged."""
+    released = mae.init_mae_params(dataclasses.replace(TINY, out_init_gain=1.0), seed=3)
+    ours = mae.init_mae_params(TINY, seed=3)
+    for key, value in released.items():
+        factor = 0.1 if key.endswith("W_out") else 1.0
+        np.testing.assert_allclose(ours[key], factor * value, rtol=1e-12, atol=0)
+    assert sum(key.endswith("W_out") for key in released) == 2 * TINY.depth

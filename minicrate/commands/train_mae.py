@@ -14,11 +14,15 @@ def add_arguments(p):
     g.add_argument("--dim", type=int, help="token width d (a multiple of 4 and of --heads)")
     g.add_argument("--depth", type=int, help="encoder layers L (the decoder has as many)")
     g.add_argument("--heads", type=int, help="number of heads K (p = d/K)")
+    g.add_argument("--image-size", type=int, dest="image_size",
+                   help="canvas side in pixels the images are centred on (MNIST: 28 or more)")
     g.add_argument("--patch", type=int, dest="patch_size", help="patch size in pixels")
     g.add_argument("--mask-ratio", type=float, dest="mask_ratio", help="fraction of patches masked (0.75)")
     g.add_argument("--lam", type=float, help="encoder ISTA λ (0.5 in the released CRATE-MAE)")
     g.add_argument("--tie-decoder", action="store_true", default=None,
                    help="share each decoder layer's E and U with the mirror encoder layer's D and U")
+    g.add_argument("--out-init-gain", type=float, dest="out_init_gain",
+                   help="initial scale of the attention output maps W_out (1: as released; default 0.1)")
     g.add_argument("--dtype", choices=["float32", "float64"])
     g = p.add_argument_group("optimisation (defaults: the recipe's)")
     g.add_argument("--optimizer", choices=["adamw", "lion", "sgd"])
@@ -49,8 +53,9 @@ def configs_from_args(args):
     model_config, train_config = mae_recipe(args.data)
     if args.preset:
         model_config = mae_preset(args.preset)
-    model_over = {k: getattr(args, k) for k in ("dim", "depth", "heads", "patch_size", "mask_ratio", "lam",
-                                                 "tie_decoder", "dtype") if getattr(args, k, None) is not None}
+    model_fields = ("image_size", "dim", "depth", "heads", "patch_size", "mask_ratio", "lam", "tie_decoder",
+                    "out_init_gain", "dtype")
+    model_over = {k: getattr(args, k) for k in model_fields if getattr(args, k, None) is not None}
     if model_over:
         model_config = dataclasses.replace(model_config, **model_over)
     train_over = {k: getattr(args, k) for k in ("optimizer", "lr", "weight_decay", "epochs", "batch_size",
