@@ -68,6 +68,7 @@ if str(ROOT) not in sys.path:
 
 import minicrate.model as mc_model  # noqa: E402
 from minicrate import parallel  # noqa: E402
+from minicrate.allocator import keep_freed_memory  # noqa: E402
 from minicrate.backend import get_backend, host_to, to_numpy  # noqa: E402
 from minicrate.loss import cross_entropy_forward  # noqa: E402
 from minicrate.parallel import default_workers  # noqa: E402
@@ -236,6 +237,8 @@ def print_system(info):
           f"{_fmt_load(info['loadavg'])}")
     print(f"  Python {info['python']}, NumPy {info['numpy']}, {info['platform']}")
     print(f"  NumPy BLAS (build): {info.get('numpy_blas_build')}")
+    if "allocator" in info:
+        print(f"  memory allocator: {info['allocator']}")
     pools = info.get("threadpools")
     if isinstance(pools, list):
         for pool in pools:
@@ -359,10 +362,11 @@ def make_batch(name, seed=0):
 
 
 VARIANTS = {
-    # label: (fused layer, batch split over cores)
-    "minicrate": dict(fast=True, workers=None),
-    "minicrate[1 chunk]": dict(fast=True, workers=1),
-    "minicrate[plain]": dict(fast=False, workers=1),
+    # label: fused layer, batch split over the cores (None: one chunk per core), in processes
+    "minicrate": dict(fast=True, workers=None, processes=True),
+    "minicrate[threads]": dict(fast=True, workers=None, processes=False),
+    "minicrate[1 chunk]": dict(fast=True, workers=1, processes=False),
+    "minicrate[plain]": dict(fast=False, workers=1, processes=False),
 }
 
 
@@ -384,6 +388,7 @@ class MinicrateRunner:
         self.backend = backend
         opts = VARIANTS[variant]
         self.fast = opts["fast"]
+        self.processes = opts["processes"] and backend == "numpy"
         self.workers = default_workers(self.xp) if opts["workers"] is None else opts["workers"]
         if max_workers is not None:  # --threads: at most that many cores for everyone
             self.workers = max(1, min(self.workers, max_workers))
@@ -400,7 +405,10 @@ class MinicrateRunner:
             self.sync = lambda: None
 
     def describe(self):
-        threads = " on parallel threads with one-thread BLAS" if self.workers > 1 else ""
+        threads = ""
+        if self.workers > 1:
+            threads = (" in worker processes" if self.processes else " on parallel threads") + \
+                " with one-thread BLAS"
         scans = "on" if MinicrateRunner.finite_checks else "off, as in minicrate.train"
         return (f"{self.label}: {'fused' if self.fast else 'plain'} layers, batch in "
                 f"{self.workers} chunk(s){threads}; NaN/inf input scans {scans}")
@@ -420,7 +428,7 @@ class MinicrateRunner:
         with finite_checks(MinicrateRunner.finite_checks):
             loss, grads, _ = parallel.loss_and_grads(self.params, self.images, self.labels,
                                                      self.config, workers=self.workers,
-                                                     fast=self.fast)
+                                                     processes=self.processes, fast=self.fast)
         self.sync()
         return loss, grads
 
@@ -521,14 +529,21 @@ TOLERANCE = {"float32": {"tol": 1e-4, "worst": 5e-3}, "float64": {"tol": 1e-9, "
 def _time_call(fn, number):
     """(wall seconds, process CPU seconds) per call, averaged over ``number`` calls.
 
-    CPU time counts every thread of this process and nothing else: on a busy
-    machine it hardly grows while we wait for a core, so with one thread per
-    library it is a robust second measure of the work done."""
-    c0, t0 = time.process_time(), time.perf_counter()
+    CPU time counts every thread of this process and of minicrate's worker
+    processes (:mod:`minicrate.procpool`), and nothing else: on a busy machine
+    it hardly grows while we wait for a core, so with one thread per library it
+    is a robust second measure of the work done."""
+    c0, t0 = _cpu_seconds(), time.perf_counter()
     for _ in range(number):
         result = fn()
     del result
-    return (time.perf_counter() - t0) / number, (time.process_time() - c0) / number
+    return (time.perf_counter() - t0) / number, (_cpu_seconds() - c0) / number
+
+
+def _cpu_seconds():
+    """CPU seconds of this process plus those of the live minicrate worker processes."""
+    pool = parallel.current_pool()
+    return time.process_time() + (pool.cpu_seconds() if pool is not None else 0.0)
 
 
 def time_interleaved(runners, *, rounds, settle, min_sample=0.05):
@@ -612,12 +627,16 @@ def memory_child(spec):
     except OSError:
         reset = False
     hwm_before = _status_kb("VmHWM")
+    pool = parallel.current_pool() if impl != "torch" else None
+    if pool is not None:  # worker processes: their peaks above their own baselines count too
+        pool.reset_peak_memory()
     result = runner.fwd_bwd()
     peak = _status_kb("VmHWM")
+    workers_kb = sum(pool.peak_memory_kb()) if pool is not None else 0
     del result
     out = {"impl": impl, "config": name, "dtype": dtype, "baseline_mb": baseline / 1024,
-           "peak_above_baseline_mb": (peak - baseline) / 1024, "hwm_reset": reset,
-           "hwm_before_mb": hwm_before / 1024}
+           "peak_above_baseline_mb": (peak - baseline + workers_kb) / 1024, "hwm_reset": reset,
+           "hwm_before_mb": hwm_before / 1024, "worker_processes_mb": workers_kb / 1024}
     if impl != "torch":
         import tracemalloc
 
@@ -633,7 +652,7 @@ def memory_child(spec):
 
 def measure_memory(impl, name, dtype, threads):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
-               MALLOC_TOP_PAD_="0")
+               MALLOC_TOP_PAD_="0", MINICRATE_KEEP_FREED_MEMORY="0")
     spec = json.dumps({"impl": impl, "config": name, "dtype": dtype, "threads": threads})
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-child", spec],
                           env=env, capture_output=True, text=True, cwd=str(ROOT))
@@ -910,6 +929,9 @@ def main(argv=None):
         return 0
     if args.torch_device is None:
         args.torch_device = "cuda" if args.backend == "cupy" else "cpu"
+    # Freed arrays stay in the heap for reuse instead of going back to the system and
+    # coming back as page faults (minicrate.allocator).  Process-wide: torch gets it too.
+    info_allocator = keep_freed_memory()
     _set_threads(args.threads)
     MinicrateRunner.finite_checks = args.finite_checks
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
@@ -940,6 +962,8 @@ def main(argv=None):
         import cupy as cupy_mod
 
     info = system_report(torch_mod, args.backend)
+    info["allocator"] = ("glibc keeps freed blocks for reuse (minicrate.allocator), for both"
+                         if info_allocator else "the system allocator's defaults")
     print_system(info)
     shapes = ceiling_shapes(names)
     lib = "cupy" if args.backend == "cupy" else "numpy"

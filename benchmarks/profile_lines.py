@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_speed import CONFIGS, MinicrateRunner, TorchRunner, _set_threads  # noqa: E402
+from minicrate.allocator import keep_freed_memory  # noqa: E402
 from minicrate.backend import to_numpy  # noqa: E402
 
 MODULES = ("fast.py", "model.py", "encoder.py", "mssa.py", "ista.py", "layernorm.py",
@@ -96,6 +97,7 @@ def main(argv=None):
                         "a busy machine: time spent waiting for a core is then left out)")
     p.add_argument("--torch", action="store_true", help="also print torch's operator profile")
     args = p.parse_args(argv)
+    keep_freed_memory()  # as the benchmark and the training loops run
     _set_threads(args.threads)
     # one chunk: the tracer follows this thread only (minicrate.parallel's workers are others)
     runner = MinicrateRunner(args.config, args.dtype,

@@ -57,6 +57,7 @@ import math
 import os
 import time
 
+from .allocator import keep_freed_memory
 from .backend import (
     device_of,
     get_backend,
@@ -980,6 +981,7 @@ def train_mae(model_config: MAEConfig, train_config, out_dir, *, resume=False, p
     tc, mc = train_config, model_config
     split = load_split(tc.data, mc, test_size=tc.test_size, seed=tc.split_seed)
     os.makedirs(out_dir, exist_ok=True)
+    keep_freed_memory()  # the run owns this process: reuse freed arrays, no page faults
     ck_file = os.path.join(out_dir, CHECKPOINT)
     xp = get_backend(tc.backend)
     n_train = len(split.x_train)

@@ -21,6 +21,12 @@ Only NumPy gains: CuPy and torch have their own parallel kernels, so with
 those backends (and with one usable core) the functions below simply call the
 model once.  Setting BLAS threads needs ``threadpoolctl``; without it the
 chunks run one after the other.
+
+Threads share Python's interpreter lock between NumPy calls; when the calls are
+short (small models) they wait for each other.  ``processes=True`` runs the
+chunks in worker processes instead (:mod:`minicrate.procpool`: parameters,
+batch and gradients in shared memory), the default for
+:func:`loss_and_grads` on NumPy.
 """
 
 from __future__ import annotations
@@ -85,12 +91,44 @@ def map_chunks(fn, n, workers):
         return list(_pool(len(parts)).map(fn, parts))
 
 
-def loss_and_grads(params, images, labels, config, *, workers=None, **options):
-    """:func:`minicrate.model.loss_and_grads` with the batch split over ``workers`` threads.
+def process_pool(config, workers, options=()):
+    """The worker processes for ``(config, workers, options)``.  One pool is kept at a
+    time: another key, or a pool that was closed, starts a new one."""
+    from .procpool import ProcessPool
+
+    key = (config, int(workers), tuple(options))
+    pool = current_pool()
+    if pool is not None and _POOL_KEY[0] == key:
+        return pool
+    close_pool()
+    _POOLS[:] = [ProcessPool(config, workers, **dict(options))]
+    _POOL_KEY[0] = key
+    return _POOLS[0]
+
+
+_POOLS, _POOL_KEY = [], [None]
+
+
+def current_pool():
+    """The live :class:`~minicrate.procpool.ProcessPool`, or None."""
+    return _POOLS[0] if _POOLS and not _POOLS[0].closed else None
+
+
+def close_pool():
+    """Stop the worker processes, if any (they also stop when the program exits)."""
+    for pool in _POOLS:
+        pool.close()
+    _POOLS.clear()
+
+
+def loss_and_grads(params, images, labels, config, *, workers=None, processes=None, **options):
+    """:func:`minicrate.model.loss_and_grads` with the batch split over ``workers`` chunks.
 
     Args:
         params, images, labels, config: as for :func:`minicrate.model.loss_and_grads`.
         workers: number of chunks (``None``: :func:`default_workers`).
+        processes: run the chunks in worker processes (:mod:`minicrate.procpool`)
+            rather than threads; ``None``: processes on NumPy.
         options: passed on to :func:`minicrate.model.loss_and_grads`.
 
     Returns:
@@ -103,6 +141,14 @@ def loss_and_grads(params, images, labels, config, *, workers=None, **options):
     workers = default_workers(xp) if workers is None else int(workers)
     if workers <= 1 or B < 2:
         return single(params, images, labels, config, **options)
+    if processes is None:  # worker processes need POSIX pipes (pass_fds)
+        processes = backend_name(xp) == "numpy" and os.name == "posix"
+    if processes:
+        if backend_name(xp) != "numpy":
+            raise ValueError(f"processes=True needs NumPy arrays, got {backend_name(xp)}")
+        pool = process_pool(config, workers, tuple(sorted(options.items())))
+        return pool.loss_and_grads(params, images, labels)
+
     def run(s):
         return s, single(params, images[s, ...], labels[s], config, **options)
 

@@ -313,6 +313,7 @@ def train(
     stop_after_steps=None,
     log=print,
     threads=1,
+    workers=1,
 ):
     """Train (or resume training) a CRATE classifier; write the run directory.
 
@@ -331,6 +332,10 @@ def train(
         log: where per-epoch lines go.
         threads: NumPy BLAS threads during the run (:func:`limit_threads`;
             ``None`` leaves the library's setting).
+        workers: split each batch over this many chunks computed at the same time
+            (:func:`minicrate.parallel.loss_and_grads`: worker processes on NumPy);
+            ``0``: one per usable core.  Like ``threads`` it changes results only by
+            rounding, and a resumed run continues bit for bit with the same value.
     Returns:
         a dict: ``params`` (on the backend), ``history`` (per epoch),
         ``test_accuracy``, ``wall_time_s``, ``steps``, ``status``.
@@ -353,6 +358,7 @@ def train(
         stop_after_steps = check_int(stop_after_steps, "stop_after_steps", minimum=1)
     if threads is not None:
         threads = check_int(threads, "threads", minimum=0)
+    workers = check_int(workers, "workers", minimum=0)
     size = IMAGE_SIZES.get(train_config.data)
     if size is not None and size != model_config.image_size:
         raise ValueError(
@@ -368,14 +374,21 @@ def train(
             progress=progress,
             handle_signals=handle_signals,
             stop_after_steps=stop_after_steps,
+            workers=workers,
             log=log,
         )
 
 
 def _train(
-    model_config, train_config, out_dir, *, resume, progress, handle_signals, stop_after_steps, log
+    model_config, train_config, out_dir, *, resume, progress, handle_signals, stop_after_steps, log,
+    workers=1,
 ):
     from . import data as datasets
+    from .allocator import keep_freed_memory
+    from .parallel import default_workers
+    from .parallel import loss_and_grads as split_loss_and_grads
+
+    keep_freed_memory()  # this process is ours for the run: reuse freed arrays (no page faults)
 
     tc, mc = train_config, model_config
     os.makedirs(out_dir, exist_ok=True)
@@ -393,6 +406,7 @@ def _train(
         )
     xp = get_backend(tc.backend)
     dtype = mc.dtype
+    workers = default_workers(xp) if workers == 0 else workers
     n_train = len(split.x_train)
     steps_per_epoch = -(-n_train // tc.batch_size)
     total_steps = tc.epochs * steps_per_epoch
@@ -495,7 +509,10 @@ def _train(
                     base_lr=tc.lr,
                     min_lr=tc.min_lr,
                 )
-                loss, grads, logits = loss_and_grads(params, xb, yb, mc)
+                if workers == 1:
+                    loss, grads, logits = loss_and_grads(params, xb, yb, mc)
+                else:
+                    loss, grads, logits = split_loss_and_grads(params, xb, yb, mc, workers=workers)
                 where = (
                     f"step {position['step'] + 1} (epoch {epoch + 1}, batch {b + 1}/"
                     f"{steps_per_epoch})"

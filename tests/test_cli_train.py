@@ -55,6 +55,22 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["train", "--epochs", "0", "--out", str(tmp_path / "z"), *TINY_ARGS]) == 1
     assert "epochs must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--workers", "-1", "--out", str(tmp_path / "w"), *TINY_ARGS]) == 1
+    assert "workers must be >= 0" in capsys.readouterr().err
+
+
+def test_train_workers_flag_splits_the_batch_over_processes(tmp_path, capsys, monkeypatch):
+    from minicrate import parallel
+
+    seen = []
+    real = parallel.loss_and_grads
+    monkeypatch.setattr(parallel, "loss_and_grads", lambda *a, **k: seen.append(k) or real(*a, **k))
+    run = str(tmp_path / "run")
+    assert main(["train", "--epochs", "1", "--workers", "2", "--out", run, *TINY_ARGS]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert seen and all(k["workers"] == 2 for k in seen)
+    assert parallel.current_pool() is not None
+    parallel.close_pool()
 
 
 def test_quickstart_writes_everything(tmp_path, capsys):

@@ -64,6 +64,26 @@ def test_same_seed_gives_identical_losses_and_parameters(tmp_path):
     assert a["history"][0]["train_loss"] != c["history"][0]["train_loss"]
 
 
+def test_worker_processes_train_like_one_chunk_and_resume_bit_for_bit(tmp_path):
+    """workers=2 (minicrate.procpool): the same run up to rounding, and a stopped run resumed
+    with the same workers equals the straight run bit for bit."""
+    from minicrate import parallel
+
+    tc = _tc(epochs=1)
+    one = train(TINY, tc, tmp_path / "one", progress=False, log=_quiet)
+    two = train(TINY, tc, tmp_path / "two", progress=False, log=_quiet, workers=2)
+    assert parallel.current_pool() is not None and parallel.current_pool().workers == 2
+    assert two["history"][0]["train_loss"] == pytest.approx(one["history"][0]["train_loss"], rel=1e-4)
+    for k in one["params"]:
+        np.testing.assert_allclose(two["params"][k], one["params"][k], rtol=1e-3, atol=1e-4, err_msg=k)
+    first = train(TINY, tc, tmp_path / "r", progress=False, log=_quiet, workers=2, stop_after_steps=9)
+    assert first["steps"] == 9
+    resumed = train(TINY, tc, tmp_path / "r", resume=True, progress=False, log=_quiet, workers=2)
+    for k in two["params"]:
+        assert resumed["params"][k].tobytes() == two["params"][k].tobytes(), k
+    parallel.close_pool()
+
+
 RESUME_TC = _tc(epochs=4, optimizer="lion", lr=1e-3, weight_decay=0.1)
 
 

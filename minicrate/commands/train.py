@@ -54,6 +54,12 @@ def add_arguments(p):
     p.add_argument(
         "--threads", type=int, default=1, help="BLAS threads for NumPy (0: library default)"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="split each batch over this many worker processes (NumPy; 0: one per core)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -120,6 +126,7 @@ def run(args):
                 handle_signals=True,
                 log=lambda line: print(line, flush=True),
                 threads=args.threads,
+                workers=args.workers,
             )
     except TrainingInterrupted as err:
         print(f"minicrate train: {err}", flush=True)

@@ -282,6 +282,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
 
     from .. import checkpoint as ckpt
     from .. import lm
+    from ..allocator import keep_freed_memory
     from ..backend import get_backend, host_to
     from ..optim import clip_by_global_norm, make_optimizer
     from ..parallel import default_workers, one_thread_blas
@@ -301,6 +302,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
     os.makedirs(out_dir, exist_ok=True)
     ck_file = os.path.join(out_dir, CHECKPOINT)
     corpus.vocab.save(os.path.join(out_dir, VOCAB))
+    keep_freed_memory()  # the run owns this process: reuse freed arrays, no page faults
     xp = get_backend(tc.backend)
     workers = tc.workers or default_workers(xp)
     window = mc.context + (1 if mc.causal else 0)
