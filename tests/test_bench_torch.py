@@ -107,7 +107,7 @@ def test_flop_counts_match_the_issue_figures():
 def test_benchmark_runners_agree_in_float64():
     """The benchmark's own check: every minicrate variant and torch, config (a), float64."""
     torch_runner = None
-    for variant in ("minicrate", "minicrate[plain]"):
+    for variant in ("minicrate", "minicrate[threads]", "minicrate[plain]"):
         runner = bench_speed.MinicrateRunner("a", "float64", variant=variant)
         if torch_runner is None:
             torch_runner = bench_speed.TorchRunner("a", "float64", runner.params)
