@@ -77,6 +77,16 @@ def device_of(x):
     return array_api_compat.device(x)
 
 
+def on_host(x) -> bool:
+    """True when ``x`` is in host memory, where reading one value (``float(x[0])``)
+    is just a read; on a GPU (CuPy, torch CUDA) it waits for every queued kernel."""
+    if array_api_compat.is_cupy_array(x):
+        return False
+    if array_api_compat.is_torch_array(x):
+        return x.device.type == "cpu"
+    return True
+
+
 def same_device(*arrays, names=None):
     """Raise ``ValueError`` if the arrays do not all live on one device."""
     arrays = [a for a in arrays if a is not None]

@@ -340,7 +340,7 @@ def fast_decoder_layer_forward(Z, params, *, scale=None, causal=False, ln_eps=1e
 def fast_decoder_layer_backward(dY, cache):
     """Backward of :func:`fast_decoder_layer_forward` (spec §8.5, the steps of
     :func:`decoder_layer_backward`) -> ``(dZ, grads)`` keyed like the params."""
-    from .fast import _affine, _bases_matrix, _layernorm_backward, _to_heads, _to_tokens
+    from .fast import _affine, _bases_matrix, _column_sums, _layernorm_backward, _to_heads, _to_tokens
 
     check_cache(cache, "fast_decoder_layer_forward", keys=("Xh1", "inv1", "Xh2", "inv2", "Wh", "At", "params"))
     check_cotangent(dY, cache["shape"], cache["Xh1"])
@@ -357,10 +357,10 @@ def fast_decoder_layer_backward(dY, cache):
     grads["W_out"] = xp.matrix_transpose(dM) @ H
     del H
     if cache["has_bias"]:
-        grads["b_out"] = xp.sum(dM, axis=0)
+        grads["b_out"] = _column_sums(xp, dM)
     dO = _to_heads(xp, dM @ W_out, Bf, N, K, p)
     dAt = Wh @ xp.matrix_transpose(dO)
-    dAt -= xp.sum(At * dAt, axis=-2, keepdims=True)
+    dAt -= xp.expand_dims(_column_sums(xp, At * dAt), axis=-2)
     dAt *= At  # S̄ᵀ
     dSym = dAt + xp.matrix_transpose(dAt)
     del dAt

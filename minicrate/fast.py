@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 
-from .backend import device_of, namespace
+from .backend import device_of, namespace, on_host
 from .validate import check_array, check_heads, check_positive, check_same_kind
 
 FAST_KEYS = ("ln1_gamma", "ln1_beta", "U", "W_out", "b_out", "ln2_gamma", "ln2_beta", "D")
@@ -84,6 +84,15 @@ def _normalise(xp, X, eps):
     return Xh, mu, inv
 
 
+def _column_sums(xp, X):
+    r"""Sums over the rows of ``X`` (..., M, n) -> (..., n), as ``1ᵀX``.
+
+    A vector–matrix product is one BLAS pass; ``xp.sum(X, axis=-2)`` walks the
+    short rows one by one (on config (a), 64-wide rows: 27 µs against 5 µs, and
+    17×17 attention blocks: 116 µs against 38 µs)."""
+    return xp.ones((X.shape[-2],), dtype=X.dtype, device=device_of(X)) @ X
+
+
 def _affine(Xh, gamma, beta):
     """γ ⊙ X̂ + β as a new array."""
     Y = Xh * gamma
@@ -95,7 +104,7 @@ def _affine_t_matmul(xp, Xh, gamma, beta, G):
     r"""(X̂γ + β)ᵀ G = γ ⊙ (X̂ᵀ G) + β (1ᵀ G) for rows X̂ (M, d), G (M, n): the
     LayerNorm output is never formed again."""
     return (xp.expand_dims(gamma, axis=-1) * (xp.matrix_transpose(Xh) @ G)
-            + xp.expand_dims(beta, axis=-1) * xp.sum(G, axis=0))
+            + xp.expand_dims(beta, axis=-1) * _column_sums(xp, G))
 
 
 def _ista_matrix(xp, D, eta):
@@ -115,10 +124,10 @@ def _layernorm_backward(xp, dY, Xh, inv, gamma):
     mean(ĝ⊙X̂) = (Ȳ⊙X̂)γ/d, the product Ȳ⊙X̂ being the one γ̄ sums."""
     d = dY.shape[-1]
     P = dY * Xh
-    dgamma = xp.sum(P, axis=0)
+    dgamma = _column_sums(xp, P)
     m2 = xp.expand_dims(P @ gamma, axis=-1) / d  # mean(ĝ ⊙ X̂)
     del P
-    dbeta = xp.sum(dY, axis=0)
+    dbeta = _column_sums(xp, dY)
     m1 = xp.expand_dims(dY @ gamma, axis=-1) / d  # mean(ĝ)
     g = dY * gamma
     g -= m1
@@ -146,19 +155,53 @@ def _bases_matrix(xp, U):
 def _softmax_transposed(xp, S, causal):
     r"""``At = softmax_row(S)ᵀ`` for symmetric scores ``S`` (..., N, N) (consumed).
 
-    Column ``i`` of ``At`` is row ``i`` of the attention: its maximum and sum
-    are taken over axis −2 (for symmetric S the column max is the row max).
-    With ``causal``, row ``i`` may attend to ``j <= i``, i.e. ``At[j, i]`` is
-    kept for ``j <= i`` (upper triangle)."""
+    Column ``i`` of ``At`` is row ``i`` of the attention: its sum is taken over
+    axis −2 (for symmetric S the column max is the row max).  With ``causal``,
+    row ``i`` may attend to ``j <= i``, i.e. ``At[j, i]`` is kept for ``j <= i``
+    (upper triangle).
+
+    The shift.  Softmax is unchanged by subtracting any constant from a row;
+    the row maximum is the usual choice because then no term exceeds 1 (no
+    overflow) and the largest is exactly 1 (no underflow of the whole row).
+    Any shift at least the row maximum keeps the first property, so we take
+    the maximum of each whole N×N block: one reduction over a contiguous
+    block instead of N short ones (17×17 blocks: 17 µs against 160).  The
+    second property can then fail for a row far below its block's maximum, so
+    the row sums are checked; if one is below √tiny (about 1e-19 in float32,
+    where the row's largest term could start to lose precision), the call is
+    redone with row maxima (:func:`_softmax_transposed_rowmax`).  On a GPU
+    that check would stall the device, and short reductions are cheap there,
+    so the row maxima are used directly."""
     N = S.shape[-1]
     if causal:
-        idx = xp.arange(N, device=device_of(S))
-        keep = idx[:, None] <= idx[None, :]
-        S = xp.where(keep, S, xp.asarray(-xp.inf, dtype=S.dtype, device=device_of(S)))
-    S -= xp.max(S, axis=-2, keepdims=True)
-    At = xp.exp(S)
+        S = _causal_mask(xp, S)
+    if not on_host(S):
+        return _softmax_transposed_rowmax(xp, S)
+    lead = S.shape[:-2]
+    block_max = xp.max(xp.reshape(S, (*lead, N * N)), axis=-1)
+    shift = xp.reshape(block_max, (*lead, 1, 1))
+    At = xp.exp(S - shift)
+    sums = _column_sums(xp, At)  # (..., N): the rows of A
+    if float(xp.min(sums)) < math.sqrt(xp.finfo(S.dtype).smallest_normal):
+        return _softmax_transposed_rowmax(xp, S)
     del S
-    At /= xp.sum(At, axis=-2, keepdims=True)
+    At /= xp.expand_dims(sums, axis=-2)
+    return At
+
+
+def _causal_mask(xp, S):
+    """S with −inf where row i would see j > i (At's lower triangle)."""
+    N = S.shape[-1]
+    idx = xp.arange(N, device=device_of(S))
+    keep = idx[:, None] <= idx[None, :]
+    return xp.where(keep, S, xp.asarray(-xp.inf, dtype=S.dtype, device=device_of(S)))
+
+
+def _softmax_transposed_rowmax(xp, S):
+    """:func:`_softmax_transposed` with the textbook shift, each row's own maximum
+    (already masked ``S``; not consumed)."""
+    At = xp.exp(S - xp.max(S, axis=-2, keepdims=True))
+    At /= xp.expand_dims(_column_sums(xp, At), axis=-2)
     return At
 
 
@@ -298,11 +341,11 @@ def layer_backward(dY, cache):
     grads["W_out"] = xp.matrix_transpose(dZh) @ H
     del H
     if cache["has_bias"]:
-        grads["b_out"] = xp.sum(dZh, axis=0)
+        grads["b_out"] = _column_sums(xp, dZh)
     dO = _to_heads(xp, dZh @ W_out, Bf, N, K, p)  # (Bf·K, N, p)
     dAt = Wh @ xp.matrix_transpose(dO)  # Āᵀ
     dSt = At * dAt  # (A ⊙ Ā)ᵀ
-    dAt -= xp.sum(dSt, axis=-2, keepdims=True)  # Āᵀ − rowsum(A ⊙ Ā) as a row broadcast
+    dAt -= xp.expand_dims(_column_sums(xp, dSt), axis=-2)  # Āᵀ − rowsum(A ⊙ Ā), a row broadcast
     dAt *= At  # S̄ᵀ
     del dSt
     dSym = dAt + xp.matrix_transpose(dAt)  # S̄ + S̄ᵀ

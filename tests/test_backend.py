@@ -101,3 +101,10 @@ def test_mae_math_functions_use_the_array_namespace(name):
 
     source = inspect.getsource(getattr(mae, name))
     assert "np." not in source and "import numpy" not in source, name
+
+
+def test_on_host_tells_host_arrays_from_device_arrays(xp):
+    """Host arrays (NumPy, array_api_strict, torch on the CPU) may be read without a device sync."""
+    from minicrate.backend import on_host
+
+    assert on_host(xp.ones((2,)))

@@ -179,3 +179,30 @@ def test_chunks_cover_the_batch():
             assert [i for s in parts for i in range(s.start, s.stop)] == list(range(n))
             sizes = [s.stop - s.start for s in parts]
             assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fast_softmax_block_shift_and_its_fallback(xp, dtype, causal, monkeypatch):
+    """The fused softmax shifts each N×N block by its maximum; when a row lies so far below
+    it that its sum would underflow, it redoes the call with row maxima.  Both give the row
+    softmax to rounding."""
+    calls = []
+    real = fast._softmax_transposed_rowmax
+    monkeypatch.setattr(fast, "_softmax_transposed_rowmax", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((2, 3, 6, 4))
+    far = W.copy()
+    far[0, 1, 2] *= 40.0  # one token 40x longer: its score dwarfs the rest of block (0, 1)
+    for tokens, expect_fallback in ((W, False), (far, True)):
+        S = np.einsum("...ip,...jp->...ij", tokens, tokens)
+        # reference: each row's softmax (row i sees every j, or j <= i when causal)
+        seen = np.where(np.triu(np.ones((6, 6), bool), k=1), -np.inf, S) if causal else S
+        A_ref = np.exp(seen - seen.max(-1, keepdims=True))
+        A_ref /= A_ref.sum(-1, keepdims=True)
+        calls.clear()
+        At = fast._softmax_transposed(xp, mc.backend.host_to(xp, S, dtype), causal)
+        assert bool(calls) == expect_fallback
+        A = mc.to_numpy(At).swapaxes(-1, -2)
+        assert np.all(np.isfinite(A))
+        np.testing.assert_allclose(A, A_ref, rtol=2e-5 if dtype == "float32" else 1e-12, atol=1e-30)
