@@ -39,9 +39,12 @@ checks this file against them.  What is different, and why:
    ``X₁U = X̂₁(γ₁ ⊙ U) + β₁U`` and ``X₁ᵀ w̄ = γ₁ ⊙ (X̂₁ᵀ w̄) + β₁(1ᵀw̄)``.  On
    config (b) this keeps 4 of torch's ~10 saved tensors per layer.
 7. **Fewer passes over memory**: scalars such as ``−η`` go into the small
-   ``d×d`` matrix before the product; row means are matrix–vector products
-   (one BLAS pass); ReLU and its mask are a multiply by ``(P > 0)`` (NumPy's
-   ``where`` on a random mask is about 7× slower, branch mispredictions).
+   ``d×d`` matrix before the product; row means and column sums are
+   matrix–vector products (one BLAS pass; NumPy's reductions along short axes
+   walk them one by one); softmax shifts each N×N block by its maximum, one
+   reduction, instead of each row by its own (see :func:`_softmax_transposed`);
+   ReLU and its mask are a multiply by ``(P > 0)`` (NumPy's ``where`` on a
+   random mask is about 7× slower, branch mispredictions).
 8. **In place where safe**: only on arrays this module just created, never on
    inputs, parameters or cached arrays (so backward can run twice).
 
@@ -169,7 +172,11 @@ def _softmax_transposed(xp, S, causal):
     second property can then fail for a row far below its block's maximum, so
     the row sums are checked; if one is below √tiny (about 1e-19 in float32,
     where the row's largest term could start to lose precision), the call is
-    redone with row maxima (:func:`_softmax_transposed_rowmax`).  On a GPU
+    redone with row maxima (:func:`_softmax_transposed_rowmax`).  Accuracy: a
+    row whose maximum lies Δ below its block's has its terms rounded at
+    arguments of size about Δ, a relative error of about Δ·u (u the unit
+    roundoff) instead of u; the check bounds Δ by ln N plus about 44 in float32
+    (354 in float64).  On a GPU
     that check would stall the device, and short reductions are cheap there,
     so the row maxima are used directly."""
     N = S.shape[-1]
@@ -183,7 +190,7 @@ def _softmax_transposed(xp, S, causal):
     At = xp.exp(S - shift)
     sums = _column_sums(xp, At)  # (..., N): the rows of A
     if float(xp.min(sums)) < math.sqrt(xp.finfo(S.dtype).smallest_normal):
-        return _softmax_transposed_rowmax(xp, S)
+        return _softmax_transposed_rowmax(xp, S)  # from the unshifted S: S − shift lost digits
     del S
     At /= xp.expand_dims(sums, axis=-2)
     return At
