@@ -178,10 +178,13 @@ def _softmax_transposed(xp, S, causal):
     roundoff) instead of u; the check bounds Δ by ln N plus about 44 in float32
     (354 in float64).  On a GPU
     that check would stall the device, and short reductions are cheap there,
-    so the row maxima are used directly."""
+    so the row maxima are used directly.  So they are with ``causal``: a
+    block's maximum can come from a later row, and through rounding a later
+    token would then change an earlier output in the last bit; with row
+    maxima the earlier outputs stay bit for bit the same."""
     N = S.shape[-1]
     if causal:
-        S = _causal_mask(xp, S)
+        return _softmax_transposed_rowmax(xp, _causal_mask(xp, S))
     if not on_host(S):
         return _softmax_transposed_rowmax(xp, S)
     lead = S.shape[:-2]
