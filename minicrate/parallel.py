@@ -37,6 +37,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from .backend import backend_name, namespace
+from .validate import check_array, check_int_array, describe
 
 
 def usable_cores() -> int:
@@ -121,6 +122,15 @@ def close_pool():
     _POOLS.clear()
 
 
+def check_batch(images, labels):
+    """Check a whole batch before it is split: a chunk's own checks would name the chunk's
+    shapes, and labels that are too few would be broadcast over a chunk."""
+    check_array(images, "images", ndim=4, finite=False)
+    check_int_array(labels, "labels", ndim=1)
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels must have one entry per image ({images.shape[0]}), got {describe(labels)}")
+
+
 def loss_and_grads(params, images, labels, config, *, workers=None, processes=None, **options):
     """:func:`minicrate.model.loss_and_grads` with the batch split over ``workers`` chunks.
 
@@ -136,6 +146,7 @@ def loss_and_grads(params, images, labels, config, *, workers=None, processes=No
     """
     from .model import loss_and_grads as single
 
+    check_batch(images, labels)
     xp = namespace(images)
     B = images.shape[0]
     workers = default_workers(xp) if workers is None else int(workers)

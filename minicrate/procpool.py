@@ -224,11 +224,15 @@ class ProcessPool:
             ``(loss, grads, logits)`` for the whole batch (grads new arrays).
         """
         from .model import loss_and_grads as single
-        from .parallel import chunks, one_thread_blas
+        from .parallel import check_batch, chunks, one_thread_blas
         from .validate import finite_checks_enabled
 
         if not self._procs:
             raise RuntimeError("this ProcessPool is closed")
+        check_batch(images, labels)
+        if not (isinstance(images, np.ndarray) and isinstance(labels, np.ndarray)):
+            raise TypeError(f"a ProcessPool takes NumPy arrays, got images {type(images).__name__}, "
+                            f"labels {type(labels).__name__}")
         B = images.shape[0]
         parts = chunks(B, self.workers)
         if len(parts) < self.workers:  # fewer samples than workers: no need for the pool

@@ -155,3 +155,28 @@ def test_peak_memory_is_reported(pool):
     pool.loss_and_grads(params, *_batch(6))
     peaks = pool.peak_memory_kb()
     assert len(peaks) == 2 and all(isinstance(v, int) and v >= 0 for v in peaks)
+
+
+@pytest.mark.parametrize("processes", [False, True])
+@pytest.mark.parametrize("images, labels, error, match", [
+    (np.zeros((4, 1, 8, 8)), [0, 1, 2, 3], TypeError, "labels must be an integer array"),
+    (np.zeros((4, 1, 8, 8)), np.zeros(3, dtype=np.int64), ValueError, "one entry per image"),
+    (np.zeros((4, 1, 8, 8)), np.zeros(4), TypeError, "labels must have an integer dtype"),
+    (np.zeros((4, 1, 8, 8)), np.zeros((4, 1), dtype=np.int64), ValueError, "labels must have 1 axes"),
+    ([[0.0]], np.zeros(1, dtype=np.int64), TypeError, "images must be an array"),
+    (np.zeros((4, 8, 8)), np.zeros(4, dtype=np.int64), ValueError, "images"),
+])
+def test_the_whole_batch_is_checked_before_it_is_split(processes, images, labels, error, match):
+    """A label count that does not match the images is refused, not broadcast over a chunk."""
+    params = mc.init_params(CONFIG, seed=1)
+    with pytest.raises(error, match=match):
+        parallel.loss_and_grads(params, images, labels, CONFIG, workers=2, processes=processes)
+
+
+def test_pool_checks_the_batch_itself(pool):
+    params = mc.init_params(CONFIG, seed=1)
+    with pytest.raises(ValueError, match="one entry per image"):
+        pool.loss_and_grads(params, np.zeros((6, 1, 8, 8)), np.zeros(5, dtype=np.int64))
+    xp = mc.get_backend("array_api_strict")
+    with pytest.raises(TypeError, match="NumPy arrays"):
+        pool.loss_and_grads(params, xp.zeros((6, 1, 8, 8), dtype=xp.float64), xp.zeros(6, dtype=xp.int64))
