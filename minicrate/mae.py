@@ -422,6 +422,9 @@ def random_masking(keys, num_patches, mask_ratio, *, seed):
     num_patches = check_int(num_patches, "num_patches", minimum=1)
     seed = check_int(seed, "seed", minimum=0)
     keep = num_visible(num_patches, mask_ratio)
+    if keep == num_patches:  # the masked-patch loss would then have nothing to average
+        raise ValueError(f"mask_ratio {mask_ratio!r} masks none of {num_patches} patches "
+                         f"(⌊(1 − r)·{num_patches}⌋ = {num_patches} stay visible); use a larger ratio")
     mask = np.ones((len(keys), num_patches), dtype=bool)
     for i, key in enumerate(keys):
         order = np.argsort(np.random.default_rng([int(seed), *map(int, key)]).random(num_patches))

@@ -119,6 +119,9 @@ def test_masking_is_seeded_per_image():
     assert not np.array_equal(e0, e1)
     with pytest.raises(ValueError, match="mask_ratio"):
         mae.random_masking(np.arange(2), 16, 1.0, seed=0)
+    with pytest.raises(ValueError, match="masks none of 16 patches"):
+        mae.random_masking(np.arange(2), 16, 1e-12, seed=0)
+    assert mae.random_masking(np.arange(2), 16, 1 / 16, seed=0).sum(axis=1).tolist() == [1, 1]
 
 
 def test_masked_pixels_never_reach_the_model(xp):
