@@ -130,7 +130,7 @@ class ProcessPool:
         if int(workers) < 2:
             raise ValueError(f"workers must be at least 2 for a process pool, got {workers}")
         self.config, self.workers, self.options = config, int(workers), dict(options)
-        self._procs, self._blocks, self._key = [], None, None
+        self._procs, self._blocks, self._key, self._capacity = [], None, None, 0
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -186,9 +186,11 @@ class ProcessPool:
 
     # blocks
     def _ensure_blocks(self, params, images, labels, max_n):
+        """Shared blocks for these parameter shapes and dtypes and chunks of up to ``max_n``
+        images; kept while they fit (a smaller last batch reuses them)."""
         key = (tuple((k, v.shape, v.dtype.str) for k, v in params.items()),
-               images.shape[1:], images.dtype.str, labels.dtype.str, max_n)
-        if key == self._key:
+               images.shape[1:], images.dtype.str, labels.dtype.str)
+        if key == self._key and max_n <= self._capacity:
             return
         self._release_blocks()
         num_classes = self.config.num_classes
@@ -205,7 +207,7 @@ class ProcessPool:
         self._collect("attaching the shared blocks")
         for block in [shared] + [b for pair in per_worker for b in pair]:
             block.unlink()  # every process has it mapped; nothing is left behind on exit
-        self._blocks, self._key = (shared, per_worker), key
+        self._blocks, self._key, self._capacity = (shared, per_worker), key, max_n
 
     def _release_blocks(self):
         if self._blocks is not None:

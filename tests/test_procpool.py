@@ -76,6 +76,11 @@ def test_pool_follows_parameter_updates_and_dtypes(pool):
     big, big_labels = _batch(31, 4)
     loss_big = pool.loss_and_grads(params, big, big_labels)[0]
     assert loss_big == pytest.approx(mc.loss_and_grads(params, big, big_labels, CONFIG)[0], rel=1e-13)
+    blocks = pool._blocks
+    small, small_labels = _batch(5, 6)  # a smaller (last) batch reuses the blocks
+    loss_small = pool.loss_and_grads(params, small, small_labels)[0]
+    assert pool._blocks is blocks
+    assert loss_small == pytest.approx(mc.loss_and_grads(params, small, small_labels, CONFIG)[0], rel=1e-13)
 
 
 def test_worker_error_is_raised_in_the_parent(pool):
