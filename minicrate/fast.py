@@ -176,12 +176,12 @@ def _softmax_transposed(xp, S, causal):
     row whose maximum lies Δ below its block's has its terms rounded at
     arguments of size about Δ, a relative error of about Δ·u (u the unit
     roundoff) instead of u; the check bounds Δ by ln N plus about 44 in float32
-    (354 in float64).  On a GPU
-    that check would stall the device, and short reductions are cheap there,
-    so the row maxima are used directly.  So they are with ``causal``: a
-    block's maximum can come from a later row, and through rounding a later
-    token would then change an earlier output in the last bit; with row
-    maxima the earlier outputs stay bit for bit the same."""
+    (354 in float64).
+
+    Row maxima are used directly on a GPU, where the check would stall the
+    device and short reductions are cheap, and with ``causal``: a block's
+    maximum can come from a later row, and through rounding a later token
+    would then change an earlier output in the last bit."""
     N = S.shape[-1]
     if causal:
         return _softmax_transposed_rowmax(xp, _causal_mask(xp, S))

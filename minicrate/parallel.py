@@ -97,17 +97,15 @@ def process_pool(config, workers, options=()):
     time: another key, or a pool that was closed, starts a new one."""
     from .procpool import ProcessPool
 
-    key = (config, int(workers), tuple(options))
     pool = current_pool()
-    if pool is not None and _POOL_KEY[0] == key:
+    if pool is not None and pool.key == (config, int(workers), tuple(options)):
         return pool
     close_pool()
-    _POOLS[:] = [ProcessPool(config, workers, **dict(options))]
-    _POOL_KEY[0] = key
+    _POOLS.append(ProcessPool(config, workers, **dict(options)))
     return _POOLS[0]
 
 
-_POOLS, _POOL_KEY = [], [None]
+_POOLS = []  # at most one ProcessPool
 
 
 def current_pool():
@@ -157,7 +155,7 @@ def loss_and_grads(params, images, labels, config, *, workers=None, processes=No
     if processes:
         if backend_name(xp) != "numpy":
             raise ValueError(f"processes=True needs NumPy arrays, got {backend_name(xp)}")
-        pool = process_pool(config, workers, tuple(sorted(options.items())))
+        pool = process_pool(config, workers, sorted(options.items()))
         return pool.loss_and_grads(params, images, labels)
 
     def run(s):

@@ -273,6 +273,11 @@ class ProcessPool:
     def closed(self):
         return not self._procs
 
+    @property
+    def key(self):
+        """``(config, workers, sorted options)``: what a step of this pool computes with."""
+        return (self.config, self.workers, tuple(sorted(self.options.items())))
+
     # memory measurement (benchmarks/bench_speed.py)
     def reset_peak_memory(self):
         """Each worker: baseline = current RSS, peak counter reset."""
