@@ -66,13 +66,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import minicrate.model as mc_model  # noqa: E402
-from minicrate import parallel  # noqa: E402
-from minicrate.allocator import keep_freed_memory  # noqa: E402
-from minicrate.backend import get_backend, host_to, to_numpy  # noqa: E402
-from minicrate.loss import cross_entropy_forward  # noqa: E402
-from minicrate.parallel import default_workers  # noqa: E402
-from minicrate.validate import finite_checks  # noqa: E402
+import minicrate.models.classifier as mc_model  # noqa: E402
+from minicrate.core.allocator import keep_freed_memory  # noqa: E402
+from minicrate.core.backend import get_backend, host_to, to_numpy  # noqa: E402
+from minicrate.core.validate import finite_checks  # noqa: E402
+from minicrate.models.loss import cross_entropy_forward  # noqa: E402
+from minicrate.training.parallel import threads as parallel  # noqa: E402
+from minicrate.training.parallel.threads import default_workers  # noqa: E402
 
 # (a) and (b) from issue 8; (c) is CRATE-T (spec §4.2) at 224×224, for GPUs.
 CONFIGS = {
@@ -374,8 +374,8 @@ class MinicrateRunner:
     """minicrate on one backend: ``forward()`` (logits, cache and loss) and ``fwd_bwd()``.
 
     The default variant is what minicrate trains with: the fused layer
-    (:mod:`minicrate.fast`) and, on NumPy, the batch split over the cores
-    (:mod:`minicrate.parallel`; one chunk elsewhere).  ``minicrate[1 chunk]``
+    (:mod:`minicrate.layers.fused.encoder`) and, on NumPy, the batch split over the cores
+    (:mod:`minicrate.training.parallel.threads`; one chunk elsewhere).  ``minicrate[1 chunk]``
     leaves the cores to BLAS threads; ``minicrate[plain]`` runs the plain blocks.
     """
 
@@ -409,11 +409,11 @@ class MinicrateRunner:
         if self.workers > 1:
             threads = (" in worker processes" if self.processes else " on parallel threads") + \
                 " with one-thread BLAS"
-        scans = "on" if MinicrateRunner.finite_checks else "off, as in minicrate.train"
+        scans = "on" if MinicrateRunner.finite_checks else "off, as in minicrate.training.classifier"
         return (f"{self.label}: {'fused' if self.fast else 'plain'} layers, batch in "
                 f"{self.workers} chunk(s){threads}; NaN/inf input scans {scans}")
 
-    finite_checks = False  # as minicrate.train runs the model (the loss is checked instead)
+    finite_checks = False  # as minicrate.training.classifier runs the model (the loss is checked instead)
 
     def forward(self):
         with finite_checks(MinicrateRunner.finite_checks):
@@ -530,7 +530,7 @@ def _time_call(fn, number):
     """(wall seconds, process CPU seconds) per call, averaged over ``number`` calls.
 
     CPU time counts every thread of this process and of minicrate's worker
-    processes (:mod:`minicrate.procpool`), and nothing else: on a busy machine
+    processes (:mod:`minicrate.training.parallel.procpool`), and nothing else: on a busy machine
     it hardly grows while we wait for a core, so with one thread per library it
     is a robust second measure of the work done."""
     c0, t0 = _cpu_seconds(), time.perf_counter()
@@ -914,7 +914,7 @@ def main(argv=None):
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--no-check", action="store_true", help="time even if the models disagree")
     p.add_argument("--finite-checks", action="store_true",
-                   help="keep minicrate's NaN/inf scans of every input on (minicrate.train, like "
+                   help="keep minicrate's NaN/inf scans of every input on (minicrate.training.classifier, like "
                         "this benchmark by default, runs with them off and checks the loss)")
     p.add_argument("--json", type=Path, default=None, help="write every number to this file")
     p.add_argument("--markdown", action="store_true",
@@ -930,7 +930,7 @@ def main(argv=None):
     if args.torch_device is None:
         args.torch_device = "cuda" if args.backend == "cupy" else "cpu"
     # Freed arrays stay in the heap for reuse instead of going back to the system and
-    # coming back as page faults (minicrate.allocator).  Process-wide: torch gets it too.
+    # coming back as page faults (minicrate.core.allocator).  Process-wide: torch gets it too.
     info_allocator = keep_freed_memory()
     _set_threads(args.threads)
     MinicrateRunner.finite_checks = args.finite_checks
@@ -955,14 +955,14 @@ def main(argv=None):
         torch_mod = None
     cupy_mod = None
     if args.backend == "cupy":
-        from minicrate.backend import cupy_available
+        from minicrate.core.backend import cupy_available
 
         if not cupy_available():
             raise SystemExit("--backend cupy needs a working GPU and CuPy")
         import cupy as cupy_mod
 
     info = system_report(torch_mod, args.backend)
-    info["allocator"] = ("glibc keeps freed blocks for reuse (minicrate.allocator), for both"
+    info["allocator"] = ("glibc keeps freed blocks for reuse (minicrate.core.allocator), for both"
                          if info_allocator else "the system allocator's defaults")
     print_system(info)
     shapes = ceiling_shapes(names)
@@ -971,7 +971,7 @@ def main(argv=None):
     print_ceiling(f"{lib} matmul, before the models", ceil_before)
     ceil_one = None
     if lib == "numpy":
-        from minicrate.parallel import one_thread_blas
+        from minicrate.training.parallel.threads import one_thread_blas
 
         with one_thread_blas():
             ceil_one = measure_ceiling(shapes, dtypes, lib="numpy")

@@ -31,7 +31,7 @@ import importlib, sys
 missing = [m for m in ("numpy", "array_api_compat") if importlib.util.find_spec(m) is None]
 if missing:
     sys.exit(f"missing Python packages: {missing} (pip install -e .)")
-from minicrate.backend import cupy_available
+from minicrate.core.backend import cupy_available
 if not cupy_available():
     sys.exit("CuPy cannot run a kernel here (not installed, no GPU, or CUDA libraries missing): "
              "pip install -e '.[cuda12]' (or '.[cuda13]')")

@@ -31,8 +31,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_speed import CONFIGS, MinicrateRunner, TorchRunner, _set_threads  # noqa: E402
-from minicrate.allocator import keep_freed_memory  # noqa: E402
-from minicrate.backend import to_numpy  # noqa: E402
+from minicrate.core.allocator import keep_freed_memory  # noqa: E402
+from minicrate.core.backend import to_numpy  # noqa: E402
 
 MODULES = ("fast.py", "model.py", "encoder.py", "mssa.py", "ista.py", "layernorm.py",
            "functional.py", "embedding.py", "loss.py", "parallel.py")
@@ -99,7 +99,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     keep_freed_memory()  # as the benchmark and the training loops run
     _set_threads(args.threads)
-    # one chunk: the tracer follows this thread only (minicrate.parallel's workers are others)
+    # one chunk: the tracer follows this thread only (minicrate.training.parallel.threads's workers are others)
     runner = MinicrateRunner(args.config, args.dtype,
                              variant="minicrate[plain]" if args.plain else "minicrate[1 chunk]")
     runner.fwd_bwd()  # warm-up

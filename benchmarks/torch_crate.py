@@ -187,7 +187,7 @@ def load_minicrate_params(model, params):
     Raises ``KeyError`` naming the keys that do not match, so a change of
     minicrate's parameter names is caught instead of silently ignored.
     """
-    from minicrate.backend import to_numpy
+    from minicrate.core.backend import to_numpy
 
     pairs = _mapping(model)
     wanted = {m for m, _ in pairs}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""Accuracy and wall time of the training recipes (issue 4's figures to reach).
 
-For each seed: trains a recipe of :data:`minicrate.train.RECIPES` from scratch
+For each seed: trains a recipe of :data:`minicrate.training.classifier.RECIPES` from scratch
 with the hand-written backward, then measures the layer-wise R^c and sparsity
 (spec §6.1) of the trained model against its initialisation.  Prints one line
 per seed and a Markdown table for the README; writes each run into
@@ -32,9 +32,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minicrate.measure import attention_run, format_table, measure_run  # noqa: E402
-from minicrate.model import describe  # noqa: E402
-from minicrate.train import recipe, train  # noqa: E402
+from minicrate.measure.layerwise import attention_run, format_table, measure_run  # noqa: E402
+from minicrate.models.classifier import describe  # noqa: E402
+from minicrate.training.classifier import recipe, train  # noqa: E402
 
 
 def main(argv=None):

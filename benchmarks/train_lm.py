@@ -64,12 +64,12 @@ def seconds_per_step(mc, tc, corpus, n=6):
     """Median wall time of a training step of this model (after one warm-up step)."""
     import numpy as np
 
-    from minicrate import lm
-    from minicrate.backend import get_backend
     from minicrate.commands.train_lm import loss_and_grads
-    from minicrate.parallel import default_workers
-    from minicrate.text import causal_batch, masked_batch, random_windows
-    from minicrate.validate import finite_checks
+    from minicrate.core.backend import get_backend
+    from minicrate.core.validate import finite_checks
+    from minicrate.data.text import causal_batch, masked_batch, random_windows
+    from minicrate.models import lm
+    from minicrate.training.parallel.threads import default_workers
 
     workers = default_workers(get_backend("numpy"))
     params = lm.init_params(mc, seed=123)
@@ -93,8 +93,8 @@ def seconds_per_step(mc, tc, corpus, n=6):
 
 def run_form(form, budget, out, *, corpus, t_start, progress, log):
     """Train one form within ``budget`` seconds counted from ``t_start``."""
-    from minicrate import lm
     from minicrate.commands.train_lm import LMTrainConfig, model_config_for, train_lm
+    from minicrate.models import lm
 
     mc = model_config_for(corpus.vocab.size, {**MODEL, "form": form})
     recipe = {**TRAIN, **TRAIN_OVERRIDES.get(form, {})}
@@ -162,12 +162,12 @@ def main(argv=None):
     if args.quick:
         args.budget = args.masked_budget = 60.0
 
-    from minicrate.text import load_corpus
+    from minicrate.data.text import load_corpus
 
     os.makedirs(args.out, exist_ok=True)
     log = lambda msg: print(msg, flush=True)
-    from minicrate.backend import get_backend
-    from minicrate.parallel import default_workers, usable_cores
+    from minicrate.core.backend import get_backend
+    from minicrate.training.parallel.threads import default_workers, usable_cores
 
     info = {"load_average_start": load_average(), "blas": blas_threads(),
             "usable_cores": usable_cores(), "workers": default_workers(get_backend("numpy"))}

@@ -8,9 +8,9 @@ and computes in that backend.  Each block is a pure pair
 
 __version__ = "0.1.0"
 
-from .backend import cupy_available, get_backend, to_numpy
-from .gradcheck import check_vjp, numerical_vjp, rel_error
-from .rates import (
+from minicrate.core.backend import cupy_available, get_backend, to_numpy
+from minicrate.checks.gradcheck import check_vjp, numerical_vjp, rel_error
+from minicrate.objective.rates import (
     coding_rate,
     coding_rate_grad,
     compression_rate,
@@ -20,11 +20,11 @@ from .rates import (
     rate_reduction,
     sparse_rate_reduction,
 )
-from .functional import linear_backward, linear_forward, relu, softmax, softmax_backward
-from .layernorm import layernorm_backward, layernorm_forward
-from .mssa import mssa_backward, mssa_forward
-from .ista import ista_backward, ista_forward, lasso_objective
-from .embedding import (
+from minicrate.ops.functional import linear_backward, linear_forward, relu, softmax, softmax_backward
+from minicrate.ops.layernorm import layernorm_backward, layernorm_forward
+from minicrate.layers.mssa import mssa_backward, mssa_forward
+from minicrate.layers.ista import ista_backward, ista_forward, lasso_objective
+from minicrate.models.embedding import (
     add_cls_pos_backward,
     add_cls_pos_forward,
     patch_embed_backward,
@@ -32,9 +32,9 @@ from .embedding import (
     patchify,
     unpatchify,
 )
-from .loss import cross_entropy_backward, cross_entropy_forward
-from .encoder import encoder_layer_backward, encoder_layer_forward
-from .model import (
+from minicrate.models.loss import cross_entropy_backward, cross_entropy_forward
+from minicrate.layers.encoder import encoder_layer_backward, encoder_layer_forward
+from minicrate.models.classifier import (
     PRESETS,
     CRATEConfig,
     backward,
@@ -47,7 +47,7 @@ from .model import (
     preset,
     save,
 )
-from .decoder import (
+from minicrate.layers.decoder import (
     DECODER_KEYS,
     decoder_layer_backward,
     decoder_layer_forward,
@@ -55,17 +55,19 @@ from .decoder import (
     mssa_roundtrip,
     synthesize,
 )
-# Character-level language models on Shakespeare (minicrate.lm, minicrate.text; issue 10).
-from . import lm, text
-from .lm import LMConfig
-from .text import Vocab, load_corpus
-from .optim import SGD, AdamW, Lion, clip_by_global_norm, make_optimizer
-from .schedule import warmup_cosine
-from .train import TrainConfig, TrainingDiverged, TrainingInterrupted, recipe
-from .measure import layerwise, layerwise_comparison
-# CRATE-MAE: masked autoencoder with the inverse decoder (minicrate.mae; issue 5).
-from . import decoder, mae
-from .mae import (
+# Character-level language models on Shakespeare (minicrate.models.lm, minicrate.data.text; issue 10).
+from minicrate.models import lm
+from minicrate.data import text
+from minicrate.models.lm import LMConfig
+from minicrate.data.text import Vocab, load_corpus
+from minicrate.training.optim import SGD, AdamW, Lion, clip_by_global_norm, make_optimizer
+from minicrate.training.schedule import warmup_cosine
+from minicrate.training.classifier import TrainConfig, TrainingDiverged, TrainingInterrupted, recipe
+from minicrate.measure.layerwise import layerwise, layerwise_comparison
+# CRATE-MAE: masked autoencoder with the inverse decoder (minicrate.models.mae; issue 5).
+from minicrate.layers import decoder
+from minicrate.models import mae
+from minicrate.models.mae import (
     MAE_PRESETS,
     MAEConfig,
     init_mae_params,

@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 import sys
 
-from . import commands
+from minicrate import commands
 
 
 def _command_modules():

@@ -11,7 +11,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from minicrate.backend import cupy_available, get_backend
+from minicrate.core.backend import cupy_available, get_backend
 
 settings.register_profile(
     "ci",

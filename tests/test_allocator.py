@@ -1,4 +1,4 @@
-"""minicrate.allocator: freed arrays are reused instead of coming back as page faults."""
+"""minicrate.core.allocator: freed arrays are reused instead of coming back as page faults."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from minicrate import allocator
+from minicrate.core import allocator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,7 +15,7 @@ CHILD = """
 import resource, sys
 import numpy as np
 import minicrate as mc
-from minicrate.allocator import keep_freed_memory
+from minicrate.core.allocator import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else False
 config = mc.CRATEConfig(image_size=8, patch_size=2, dim=64, depth=4, heads=4, num_classes=10)
 params = mc.init_params(config, seed=0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from minicrate.augment import batch_rng, random_shift, shift
+from minicrate.data.augment import batch_rng, random_shift, shift
 
 
 def test_shift_moves_content_and_fills_border():

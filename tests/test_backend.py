@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import minicrate as mc
-from minicrate import backend
+from minicrate.core import backend
 
 
 def test_random_init_is_identical_on_every_backend(xp):
@@ -66,9 +66,10 @@ def test_to_numpy_and_asarray_like(xp):
 # The math modules compute in the namespace of their inputs; host-side modules (data, masks drawn
 # on the host so that one seed gives one result on every backend, training loops, the FD checker,
 # strategies, grading harness, CLI, plotting) may use NumPy on host arrays (CONTRIBUTING.md).
-MATH_MODULES = ("rates", "functional", "layernorm", "mssa", "ista", "embedding", "loss", "encoder", "decoder",
-                "fast", "model", "lm", "optim", "schedule", "parallel", "validate")
-# minicrate.mae mixes both: these are its math functions; the rest (masks, canvas, baseline,
+MATH_MODULES = ("objective.rates", "ops.functional", "ops.layernorm", "layers.mssa", "layers.ista", "models.embedding",
+                "models.loss", "layers.encoder", "layers.decoder", "layers.fused.encoder", "models.classifier",
+                "models.lm", "training.optim", "training.schedule", "training.parallel.threads", "core.validate")
+# minicrate.models.mae mixes both: these are its math functions; the rest (masks, canvas, baseline,
 # probe, training loop) are host-side and import NumPy locally.
 MAE_MATH = ("mae_encode", "mae_forward", "masked_mse_forward", "masked_mse_backward", "mae_backward",
             "mae_loss_and_grads", "init_mae_params", "reconstruct")
@@ -97,7 +98,7 @@ def test_cupy_is_imported_only_by_the_backend_helper():
 def test_mae_math_functions_use_the_array_namespace(name):
     import inspect
 
-    from minicrate import mae
+    from minicrate.models import mae
 
     source = inspect.getsource(getattr(mae, name))
     assert "np." not in source and "import numpy" not in source, name
@@ -105,6 +106,6 @@ def test_mae_math_functions_use_the_array_namespace(name):
 
 def test_on_host_tells_host_arrays_from_device_arrays(xp):
     """Host arrays (NumPy, array_api_strict, torch on the CPU) may be read without a device sync."""
-    from minicrate.backend import on_host
+    from minicrate.core.backend import on_host
 
     assert on_host(xp.ones((2,)))

@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import minicrate.model as mcm  # noqa: E402
+import minicrate.models.classifier as mcm  # noqa: E402
 from benchmarks import bench_speed, torch_crate  # noqa: E402
-from minicrate.embedding import patchify  # noqa: E402
+from minicrate.models.embedding import patchify  # noqa: E402
 
 
 def _batch(config, B, seed=0):

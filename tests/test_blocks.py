@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minicrate as mc
-from minicrate.strategies import normal, seeds, small_dims
+from minicrate.checks.strategies import normal, seeds, small_dims
 
 
 @given(shape=st.tuples(small_dims(1, 3), small_dims(1, 4)), n_out=small_dims(1, 4), bias=st.booleans(),

@@ -6,11 +6,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from minicrate import checkpoint
-from minicrate.backend import get_backend, to_numpy
-from minicrate.checkpoint import CheckpointError, check_config, check_params, load, save
-from minicrate.model import CRATEConfig, init_params
-from minicrate.optim import AdamW
+from minicrate.core import checkpoint
+from minicrate.core.backend import get_backend, to_numpy
+from minicrate.core.checkpoint import CheckpointError, check_config, check_params, load, save
+from minicrate.models.classifier import CRATEConfig, init_params
+from minicrate.training.optim import AdamW
 
 TINY = CRATEConfig(image_size=4, patch_size=2, dim=8, depth=2, heads=2, num_classes=3)
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from minicrate import checkpoint as ckpt
 from minicrate.cli import main
+from minicrate.core import checkpoint as ckpt
 
 TINY_ARGS = ["--dim", "16", "--depth", "2", "--heads", "2", "--seed", "3", "--no-progress"]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -60,7 +60,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
 
 
 def test_train_workers_flag_splits_the_batch_over_processes(tmp_path, capsys, monkeypatch):
-    from minicrate import parallel
+    from minicrate.training.parallel import threads as parallel
 
     seen = []
     real = parallel.loss_and_grads

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minicrate as mc
-from minicrate import decoder as dec
-from minicrate.strategies import attention_shapes, normal, orthonormal_bases, seeds, union_of_subspaces
+from minicrate.checks.strategies import attention_shapes, normal, orthonormal_bases, seeds, union_of_subspaces
+from minicrate.layers import decoder as dec
 
 FORMS = {
     "released": {},
@@ -196,7 +196,7 @@ def test_synthesis_inverts_ista_up_to_the_threshold(xp, lam):
     d, n = 16, 12
     D = orthonormal_bases(xp, 1, d, d, seed=5)[0, ...]
     S = _sparse_code(rng, n, d, lam)
-    X = dec.synthesize(mc.backend.host_to(xp, S), D)
+    X = dec.synthesize(mc.core.backend.host_to(xp, S), D)
     A = dec.ista_iterate(X, D, eta=1.0, lam=lam, steps=1)
     np.testing.assert_allclose(mc.to_numpy(A), np.maximum(S - lam, 0), atol=1e-12)
     err = float(xp.linalg.vector_norm(dec.synthesize(A, D) - X))
@@ -210,7 +210,7 @@ def test_code_step_size_needs_iterations_to_invert(xp):
     rng = np.random.default_rng(1)
     D = orthonormal_bases(xp, 1, 16, 16, seed=6)[0, ...]
     S = _sparse_code(rng, 12, 16, lam)
-    X = dec.synthesize(mc.backend.host_to(xp, S), D)
+    X = dec.synthesize(mc.core.backend.host_to(xp, S), D)
     bound = lam * math.sqrt(np.count_nonzero(S))
     one = dec.ista_iterate(X, D, eta=0.1, lam=lam, steps=1)
     np.testing.assert_allclose(mc.to_numpy(one), mc.to_numpy(mc.ista_forward(X, D, eta=0.1, lam=lam)[0]))

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minicrate as mc
-from minicrate.model import layer_params
-from minicrate.strategies import normal, seeds
+from minicrate.checks.strategies import normal, seeds
+from minicrate.models.classifier import layer_params
 
 LAYER_SWITCHES = st.fixed_dictionaries({
     "tie_out": st.booleans(), "use_layernorm": st.booleans(), "scale": st.sampled_from([None, 1.0]),
@@ -68,7 +68,7 @@ def test_whole_classifier_gradients_match_fd(xp):
         return mc.forward({k: flat[v] for k, v in names.items()}, images, config)[0]
 
     # Every entry on NumPy; a random sample of each parameter elsewhere (slower backends).
-    sample = None if mc.backend.backend_name(xp) == "numpy" else 3
+    sample = None if mc.core.backend.backend_name(xp) == "numpy" else 3
     report = mc.check_vjp(f, {"images": images, **{names[k]: v for k, v in params.items()}}, dlogits,
                           {names[k]: v for k, v in grads.items()}, max_entries=sample)
     report.raise_if_failed()

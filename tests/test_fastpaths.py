@@ -1,4 +1,4 @@
-"""The fused encoder layer (minicrate.fast) against the plain one (minicrate.encoder).
+"""The fused encoder layer (minicrate.layers.fused.encoder) against the plain one (minicrate.layers.encoder).
 
 The plain blocks are the reference (their gradients are checked by finite
 differences in test_encoder.py); every fast path must give the same numbers
@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minicrate as mc
-from minicrate import fast
-from minicrate.strategies import normal, seeds
+from minicrate.checks.strategies import normal, seeds
+from minicrate.layers.fused import encoder as fast
 
 SWITCHES = st.fixed_dictionaries({
     "scale": st.sampled_from([None, 1.0, 0.3]), "eta": st.sampled_from([0.1, 0.3]),
@@ -149,8 +149,8 @@ def test_fast_layer_refuses_other_forms(switch):
 
 @pytest.mark.parametrize("workers", [2, 3])
 def test_batch_split_equals_one_chunk(workers):
-    """minicrate.parallel: chunks of the batch on threads give the one-chunk loss and gradients."""
-    from minicrate import parallel
+    """minicrate.training.parallel.threads: chunks of the batch on threads give the one-chunk loss and gradients."""
+    from minicrate.training.parallel import threads as parallel
 
     config = mc.CRATEConfig(image_size=8, patch_size=2, dim=16, depth=2, heads=2, num_classes=5,
                             dtype="float64")
@@ -171,7 +171,7 @@ def test_batch_split_equals_one_chunk(workers):
 
 
 def test_chunks_cover_the_batch():
-    from minicrate.parallel import chunks
+    from minicrate.training.parallel.threads import chunks
 
     for n in (1, 2, 7, 64):
         for w in (1, 2, 3, 8):
@@ -202,7 +202,7 @@ def test_fast_softmax_block_shift_and_its_fallback(xp, dtype, causal, monkeypatc
         A_ref = np.exp(seen - seen.max(-1, keepdims=True))
         A_ref /= A_ref.sum(-1, keepdims=True)
         calls.clear()
-        At = fast._softmax_transposed(xp, mc.backend.host_to(xp, S, dtype), causal)
+        At = fast._softmax_transposed(xp, mc.core.backend.host_to(xp, S, dtype), causal)
         assert bool(calls) == (expect_fallback or causal)
         A = mc.to_numpy(At).swapaxes(-1, -2)
         assert np.all(np.isfinite(A))

@@ -75,7 +75,7 @@ def test_cases_are_deterministic_and_seedable(monkeypatch):
 
 def test_numpy_variants_equal_the_reference_with_default_switches():
     """The NumPy blocks the mistakes are built from are right when no mistake is switched on."""
-    from minicrate import grading_encoder as ge
+    from minicrate.grading import encoder as ge
 
     for tid, fn in [
         ("5.2", lambda c: ge.np_mssa_forward(*ge._mssa_np_args(c))[0]),
@@ -429,7 +429,7 @@ WRONG_RATES = textwrap.dedent("""
         return np.linalg.slogdet(np.eye(d) + alpha * np.swapaxes(Z, -1, -2) @ Z)[1]  # no 1/2
 
     def coding_rate_grad(Z, eps):
-        from minicrate.rates import coding_rate_grad as right
+        from minicrate.objective.rates import coding_rate_grad as right
         return right(Z, eps)
 """)
 

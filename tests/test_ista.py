@@ -7,7 +7,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import minicrate as mc
-from minicrate.strategies import normal, seeds, small_dims
+from minicrate.checks.strategies import normal, seeds, small_dims
 
 MARGIN = 0.05  # pre-activations this far from 0; the FD stencil reaches 2h = 2e-3
 

@@ -7,12 +7,12 @@ Expected FD relative errors are ~1e-9; the tolerance is 1e-6.
 import numpy as np
 import pytest
 
-from minicrate import lm
-from minicrate.backend import host_to, to_numpy
-from minicrate.encoder import encoder_layer_backward, encoder_layer_forward
-from minicrate.gradcheck import check_vjp
-from minicrate.strategies import normal
-from minicrate.text import Vocab
+from minicrate.checks.gradcheck import check_vjp
+from minicrate.checks.strategies import normal
+from minicrate.core.backend import host_to, to_numpy
+from minicrate.data.text import Vocab
+from minicrate.layers.encoder import encoder_layer_backward, encoder_layer_forward
+from minicrate.models import lm
 
 V, B, N = 5, 2, 4
 
@@ -285,7 +285,7 @@ def test_intermediates_for_layerwise_measurements():
 
 @pytest.fixture(scope="module")
 def three_plays():
-    from minicrate.text import load_corpus
+    from minicrate.data.text import load_corpus
 
     return load_corpus(plays=["tragedies/macbeth", "comedies/twelfth-night",
                               "roman/julius-caesar"], val_plays=1)
@@ -345,7 +345,7 @@ def test_masked_run_reports_accuracy_and_sample_cli(tmp_path, three_plays, capsy
 
 
 def test_layerwise_measurements_match_the_rates_functions():
-    from minicrate.rates import measured_compression_rate, nonzero_fraction
+    from minicrate.objective.rates import measured_compression_rate, nonzero_fraction
 
     config = tiny(depth=2)
     params = lm.init_params(config, seed=3)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import minicrate as mc
-from minicrate import mae
-from minicrate.backend import host_to
-from minicrate.strategies import normal
+from minicrate.checks.strategies import normal
+from minicrate.core.backend import host_to
+from minicrate.models import mae
 
 TINY = mae.MAEConfig(image_size=4, patch_size=2, channels=1, dim=8, heads=2, depth=2, dtype="float64")
 # keys checked on the slower backends (every key on NumPy)
@@ -50,13 +50,13 @@ def _tiny_problem(xp, config, B=2):
 def test_whole_mae_loss_gradient_matches_fd(xp, form):
     config = {"released": TINY, "tied": dataclasses.replace(TINY, tie_decoder=True),
               "paper": dataclasses.replace(TINY, tie_out=True, attn_scale=1.0, use_layernorm=False)}[form]
-    if form == "paper" and mc.backend.backend_name(xp) != "numpy":
+    if form == "paper" and mc.core.backend.backend_name(xp) != "numpy":
         pytest.skip("paper form: NumPy only (the layers' paper forms are FD-checked on every backend)")
     params, images, mask = _tiny_problem(xp, config)
     loss, grads, _ = mae.mae_loss_and_grads(params, images, mask, config)
     assert set(grads) == set(params)
     assert math.isfinite(loss)
-    check = list(params) if mc.backend.backend_name(xp) == "numpy" else [k for k in SUBSET if k in params]
+    check = list(params) if mc.core.backend.backend_name(xp) == "numpy" else [k for k in SUBSET if k in params]
     if form == "tied":
         assert "decoder.0.E" not in params and "decoder.1.U" not in params
         check = sorted(set(check) | {"layers.0.D", "layers.1.D", "layers.0.U", "layers.1.U"})
@@ -212,7 +212,7 @@ def test_train_mae_checkpoint_resume_and_metrics(tmp_path):
     """One epoch on digits, interrupted after 3 steps and resumed, gives the
     same parameters as an uninterrupted run; metrics.json has the MSE, the
     baseline and the probe; the reconstruct command draws its figure."""
-    from minicrate.train import TrainConfig
+    from minicrate.training.classifier import TrainConfig
 
     config = mae.mae_preset("digits", dim=16, depth=1, heads=2)
     tc = TrainConfig(data="digits", epochs=1, batch_size=256, lr=2e-3, warmup_epochs=0, shift=0)

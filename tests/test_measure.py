@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from minicrate import checkpoint as ckpt
-from minicrate.data import load
-from minicrate.measure import (
+from minicrate.core import checkpoint as ckpt
+from minicrate.data.images import load
+from minicrate.measure.layerwise import (
     attention_maps,
     attention_run,
     format_table,
@@ -15,9 +15,9 @@ from minicrate.measure import (
     layerwise_comparison,
     measure_run,
 )
-from minicrate.model import CRATEConfig, forward, init_params, intermediates
-from minicrate.rates import measured_compression_rate, nonzero_fraction
-from minicrate.train import TrainConfig
+from minicrate.models.classifier import CRATEConfig, forward, init_params, intermediates
+from minicrate.objective.rates import measured_compression_rate, nonzero_fraction
+from minicrate.training.classifier import TrainConfig
 
 TINY = CRATEConfig(image_size=8, patch_size=4, dim=16, depth=3, heads=2, num_classes=10)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -75,7 +75,7 @@ def test_comparison_table_and_figure(tmp_path, digits):
     table = format_table(result).splitlines()
     assert len(table) == 1 + TINY.depth and "R^c trained" in table[0]
     assert table[1].split()[0] == "1"
-    from minicrate.plotting import plot_layerwise
+    from minicrate.measure.plotting import plot_layerwise
 
     path = plot_layerwise(result, str(tmp_path / "m.png"))
     assert open(path, "rb").read(8) == PNG

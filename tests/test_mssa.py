@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minicrate as mc
-from minicrate.strategies import attention_shapes, normal, seeds
+from minicrate.checks.strategies import attention_shapes, normal, seeds
 
 
 def _inputs(xp, s, seed, tied):

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 import minicrate as mc
-from minicrate.backend import get_backend, to_numpy
+from minicrate.core.backend import get_backend, to_numpy
 
 try:
     import torch
@@ -211,10 +211,10 @@ def test_gradient_checker_refuses_float32(which):
 
 
 def test_one_seed_gives_one_model_and_deterministic_steps():
-    """The determinism documented in minicrate/backend.py: identical initial parameters on
+    """The determinism documented in minicrate/core/backend.py: identical initial parameters on
     every backend, bit-identical repeated steps on each, NumPy and array_api_strict
     bit-identical, torch equal to rounding."""
-    from minicrate.backend import host_to
+    from minicrate.core.backend import host_to
 
     config = mc.CRATEConfig(
         image_size=8,

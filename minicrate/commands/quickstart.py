@@ -1,6 +1,6 @@
 """``minicrate quickstart`` (``make run``): train CRATE on the digits and open it up.
 
-Trains the ``digits`` recipe (minicrate.train.RECIPES) with the hand-written
+Trains the ``digits`` recipe (minicrate.training.classifier.RECIPES) with the hand-written
 backward, prints the test accuracy, then writes the layer-wise measurement
 (R^c and sparsity per layer, trained vs initialisation) and the class-token
 attention figure into the run directory.
@@ -29,9 +29,9 @@ def run(args):
     import os
     import time
 
-    from ..measure import attention_run, format_table, measure_run
-    from ..model import describe
-    from ..train import TrainingInterrupted, limit_threads, recipe, train
+    from minicrate.measure.layerwise import attention_run, format_table, measure_run
+    from minicrate.models.classifier import describe
+    from minicrate.training.classifier import TrainingInterrupted, limit_threads, recipe, train
 
     start = time.perf_counter()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}

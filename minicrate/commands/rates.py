@@ -22,8 +22,8 @@ def class_rates(images, labels, eps, xp):
     """
     import numpy as np
 
-    from ..backend import host_to
-    from ..rates import coding_rate
+    from minicrate.core.backend import host_to
+    from minicrate.objective.rates import coding_rate
 
     Z = images.reshape(len(images), -1).astype(np.float64)
     Z /= np.linalg.norm(Z, axis=1, keepdims=True)
@@ -37,8 +37,8 @@ def class_rates(images, labels, eps, xp):
 
 
 def run(args):
-    from ..backend import get_backend
-    from ..data import load_raw
+    from minicrate.core.backend import get_backend
+    from minicrate.data.images import load_raw
 
     xp = get_backend(args.backend)
     images, labels = load_raw(args.data)

@@ -23,9 +23,9 @@ def reconstruct_figure(path, *, count=8, out=None, backend="numpy"):
 
     import numpy as np
 
-    from ..backend import get_backend, host_to, to_numpy
-    from ..mae import load_mae_run, load_split, random_masking, reconstruct
-    from ..plotting import _figure, _save
+    from minicrate.core.backend import get_backend, host_to, to_numpy
+    from minicrate.measure.plotting import _figure, _save
+    from minicrate.models.mae import load_mae_run, load_split, random_masking, reconstruct
 
     if count < 1:
         raise ValueError(f"--count must be >= 1, got {count}")

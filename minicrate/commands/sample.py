@@ -24,10 +24,10 @@ def add_arguments(p):
 
 
 def run(args):
-    from .. import lm
-    from ..parallel import one_thread_blas
-    from ..validate import finite_checks
-    from .train_lm import load_run
+    from minicrate.commands.train_lm import load_run
+    from minicrate.core.validate import finite_checks
+    from minicrate.models import lm
+    from minicrate.training.parallel.threads import one_thread_blas
 
     params, config, vocab, _ = load_run(args.run, backend=args.backend)
     prompt = args.prompt.replace("\\n", "\n")

@@ -8,7 +8,7 @@ HELP = "train CRATE on digits or MNIST-5k (progress bar, checkpoint every epoch,
 
 def add_model_arguments(p):
     g = p.add_argument_group("model (defaults: the recipe's preset)")
-    g.add_argument("--preset", help="model preset (minicrate.model.PRESETS), e.g. digits, mnist")
+    g.add_argument("--preset", help="model preset (minicrate.models.classifier.PRESETS), e.g. digits, mnist")
     g.add_argument("--dim", type=int, help="token width d")
     g.add_argument("--depth", type=int, help="number of layers L")
     g.add_argument("--heads", type=int, help="number of heads K (p = d/K)")
@@ -67,8 +67,8 @@ def configs_from_args(args):
     """``(CRATEConfig, TrainConfig)``: the recipe of ``args.data`` with the options applied."""
     import dataclasses
 
-    from ..model import preset
-    from ..train import recipe
+    from minicrate.models.classifier import preset
+    from minicrate.training.classifier import recipe
 
     model_config, train_config = recipe(args.data)
     if args.preset:
@@ -104,8 +104,8 @@ def configs_from_args(args):
 def run(args):
     import os
 
-    from ..model import describe
-    from ..train import TrainingInterrupted, limit_threads, train
+    from minicrate.models.classifier import describe
+    from minicrate.training.classifier import TrainingInterrupted, limit_threads, train
 
     model_config, train_config = configs_from_args(args)
     out = args.out or os.path.join("runs", args.data)

@@ -1,12 +1,12 @@
 """``minicrate train-lm``: train a character-level CRATE language model on Shakespeare.
 
-The loop (:func:`train_lm`) follows :mod:`minicrate.train`'s conventions::
+The loop (:func:`train_lm`) follows :mod:`minicrate.training.classifier`'s conventions::
 
     for step s = 0 .. steps-1:
         windows  = random windows of the training plays   (a function of (seed, s))
         causal:  inputs = w[:, :-1], targets = w[:, 1:]
         masked:  15 % of w replaced by the mask id; loss on those positions only
-        loss, g  = minicrate.lm.loss_and_grads(...)       (hand-written backward)
+        loss, g  = minicrate.models.lm.loss_and_grads(...)       (hand-written backward)
         g        = clip_by_global_norm(g); AdamW step with warm-up + cosine lr
         every eval_every steps and at the end:
             validation loss (and masked accuracy) on fixed windows of the held-out
@@ -39,7 +39,7 @@ VOCAB = "vocab.json"
 
 @dataclasses.dataclass
 class LMTrainConfig:
-    """How to train a language model (the shape lives in :class:`minicrate.lm.LMConfig`).
+    """How to train a language model (the shape lives in :class:`minicrate.models.lm.LMConfig`).
 
     ``time_limit_s`` ends the run early (after a final evaluation) once that
     much wall time has passed; the learning-rate schedule still assumes
@@ -97,18 +97,18 @@ _RESUME_FREE = {"steps", "backend", "eval_windows", "checkpoint_every", "time_li
 
 
 def loss_and_grads(params, inputs, targets, config, weights=None, *, workers=1):
-    """:func:`minicrate.lm.loss_and_grads` with the batch split over ``workers`` threads.
+    """:func:`minicrate.models.lm.loss_and_grads` with the batch split over ``workers`` threads.
 
     Each chunk of windows runs the whole forward and backward in its own thread
-    with one-thread BLAS (:mod:`minicrate.parallel`): on a small model this uses
+    with one-thread BLAS (:mod:`minicrate.training.parallel.threads`): on a small model this uses
     every core for the elementwise work too, and it avoids BLAS threads fighting
     over a busy machine.  The loss is a mean over the selected positions, so
     chunk i enters with the share ``n_i / n`` of those positions (all of them
     for the causal form, the masked ones for the masked form) -- the result is
     the one-chunk computation up to rounding.
     """
-    from .. import lm
-    from ..parallel import map_chunks
+    from minicrate.models import lm
+    from minicrate.training.parallel.threads import map_chunks
 
     B = inputs.shape[0]
     if workers <= 1 or B < 2:
@@ -142,7 +142,7 @@ def validation_set(corpus, model_config, count, seed):
     """Fixed validation windows (and, for the masked form, fixed masks)."""
     import numpy as np
 
-    from ..text import fixed_windows, masked_batch
+    from minicrate.data.text import fixed_windows, masked_batch
 
     if model_config.causal:
         return {"windows": fixed_windows(corpus.val, model_config.context + 1, count)}
@@ -159,14 +159,14 @@ def evaluate(params, model_config, val, *, batch_size=64, baseline_char=None, wo
     Returns ``{"loss"}`` for the causal form; the masked form adds
     ``"accuracy"`` (argmax at masked positions) and, given ``baseline_char``
     (an id), ``"baseline_accuracy"``: how often always guessing it is right.
-    Each batch is split over ``workers`` threads (:mod:`minicrate.parallel`).
+    Each batch is split over ``workers`` threads (:mod:`minicrate.training.parallel.threads`).
     """
     import numpy as np
 
-    from .. import lm
-    from ..backend import namespace, to_numpy
-    from ..parallel import map_chunks
-    from ..validate import finite_checks
+    from minicrate.core.backend import namespace, to_numpy
+    from minicrate.core.validate import finite_checks
+    from minicrate.models import lm
+    from minicrate.training.parallel.threads import map_chunks
 
     xp = namespace(params["tok_embedding"])
     total, count, correct = 0.0, 0.0, 0.0
@@ -226,8 +226,8 @@ def bigram_cross_entropy(corpus, alpha=1.0):
 
 
 def _load_checkpoint(path):
-    from .. import checkpoint as ckpt
-    from ..lm import LMConfig
+    from minicrate.core import checkpoint as ckpt
+    from minicrate.models.lm import LMConfig
 
     params, _, extra = ckpt.load(path)
     if "lm_config" not in extra:
@@ -238,10 +238,10 @@ def _load_checkpoint(path):
 
 def load_run(run_dir, *, backend="numpy"):
     """``(params, LMConfig, vocab, extra)`` of a train-lm run directory (or checkpoint file)."""
-    from .. import checkpoint as ckpt
-    from ..backend import get_backend, host_to
-    from ..lm import init_params
-    from ..text import Vocab
+    from minicrate.core import checkpoint as ckpt
+    from minicrate.core.backend import get_backend, host_to
+    from minicrate.data.text import Vocab
+    from minicrate.models.lm import init_params
 
     path = os.fspath(run_dir)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
@@ -263,7 +263,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
     """Train (or resume) a character language model; write the run directory.
 
     Args:
-        model_config: :class:`minicrate.lm.LMConfig` (its ``vocab_size`` must
+        model_config: :class:`minicrate.models.lm.LMConfig` (its ``vocab_size`` must
             match the corpus; use :func:`model_config_for`).
         train_config: :class:`LMTrainConfig`.
         out_dir: the run directory.
@@ -272,7 +272,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
         progress: tqdm bar.
         handle_signals: SIGINT/SIGTERM -> checkpoint and ``TrainingInterrupted``.
         stop_after_steps: stop (with a checkpoint) after that many steps in total.
-        corpus: a :class:`minicrate.text.Corpus` (default: all plays, split by
+        corpus: a :class:`minicrate.data.text.Corpus` (default: all plays, split by
             ``train_config``), for tests that use a few plays.
 
     Returns:
@@ -280,16 +280,16 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
     """
     import numpy as np
 
-    from .. import checkpoint as ckpt
-    from .. import lm
-    from ..allocator import keep_freed_memory
-    from ..backend import get_backend, host_to
-    from ..optim import clip_by_global_norm, make_optimizer
-    from ..parallel import default_workers, one_thread_blas
-    from ..schedule import warmup_cosine
-    from ..text import causal_batch, load_corpus, masked_batch, random_windows
-    from ..train import TrainingDiverged, TrainingInterrupted, _progress_factory, _Signals
-    from ..validate import finite_checks
+    from minicrate.core import checkpoint as ckpt
+    from minicrate.core.allocator import keep_freed_memory
+    from minicrate.core.backend import get_backend, host_to
+    from minicrate.core.validate import finite_checks
+    from minicrate.data.text import causal_batch, load_corpus, masked_batch, random_windows
+    from minicrate.models import lm
+    from minicrate.training.classifier import TrainingDiverged, TrainingInterrupted, _progress_factory, _Signals
+    from minicrate.training.optim import clip_by_global_norm, make_optimizer
+    from minicrate.training.parallel.threads import default_workers, one_thread_blas
+    from minicrate.training.schedule import warmup_cosine
 
     tc, mc = train_config, model_config
     if tc.form != mc.form:
@@ -348,7 +348,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
         ckpt.save(ck_file, params, None, extra=extra)
 
     def write_metrics(status, message=None):
-        from ..train import _write_json
+        from minicrate.training.classifier import _write_json
 
         last = history[-1] if history else {}
         metrics = {
@@ -467,7 +467,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
 
 def plot_lm_curves(history, path, *, form, unigram=None, bigram=None, title="language model"):
     """Train/validation loss per step (and masked accuracy vs baseline) as a PNG."""
-    from ..plotting import _figure, _save
+    from minicrate.measure.plotting import _figure, _save
 
     steps = [h["step"] for h in history]
     masked = form == "masked"
@@ -502,8 +502,8 @@ def plot_lm_curves(history, path, *, form, unigram=None, bigram=None, title="lan
 
 
 def model_config_for(vocab_size, args_or_dict):
-    """An :class:`minicrate.lm.LMConfig` from CLI arguments (or a dict of them)."""
-    from ..lm import LMConfig
+    """An :class:`minicrate.models.lm.LMConfig` from CLI arguments (or a dict of them)."""
+    from minicrate.models.lm import LMConfig
 
     a = args_or_dict if isinstance(args_or_dict, dict) else vars(args_or_dict)
     return LMConfig(vocab_size=vocab_size, form=a["form"], context=a["context"], dim=a["dim"],
@@ -567,9 +567,9 @@ def train_config_from(args):
 
 
 def run(args):
-    from .. import lm
-    from ..text import load_corpus
-    from ..train import TrainingInterrupted
+    from minicrate.data.text import load_corpus
+    from minicrate.models import lm
+    from minicrate.training.classifier import TrainingInterrupted
 
     tc = train_config_from(args)
     corpus = load_corpus(val_plays=tc.val_plays, seed=tc.split_seed, markdown=tc.markdown)

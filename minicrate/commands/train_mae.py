@@ -9,7 +9,7 @@ HELP = "train CRATE-MAE on MNIST-5k or digits (masked-patch MSE, checkpoint ever
 def add_arguments(p):
     p.add_argument("--data", choices=["digits", "mnist"], default="mnist",
                    help="data set; also picks the recipe whose defaults the other options override")
-    g = p.add_argument_group("model (defaults: the recipe's preset, minicrate.mae.MAE_PRESETS)")
+    g = p.add_argument_group("model (defaults: the recipe's preset, minicrate.models.mae.MAE_PRESETS)")
     g.add_argument("--preset", help="MAE preset, e.g. mnist, digits")
     g.add_argument("--dim", type=int, help="token width d (a multiple of 4 and of --heads)")
     g.add_argument("--depth", type=int, help="encoder layers L (the decoder has as many)")
@@ -48,7 +48,7 @@ def configs_from_args(args):
     """``(MAEConfig, TrainConfig)``: the recipe of ``args.data`` with the options applied."""
     import dataclasses
 
-    from ..mae import mae_preset, mae_recipe
+    from minicrate.models.mae import mae_preset, mae_recipe
 
     model_config, train_config = mae_recipe(args.data)
     if args.preset:
@@ -73,8 +73,8 @@ def configs_from_args(args):
 def run(args):
     import os
 
-    from ..mae import mae_param_count, train_mae
-    from ..train import TrainingInterrupted, limit_threads
+    from minicrate.models.mae import mae_param_count, train_mae
+    from minicrate.training.classifier import TrainingInterrupted, limit_threads
 
     model_config, train_config = configs_from_args(args)
     out = args.out or os.path.join("runs", f"mae-{args.data}")

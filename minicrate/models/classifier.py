@@ -1,0 +1,394 @@
+r"""The CRATE classifier: configuration, initialisation, forward and the whole
+backward by hand (spec §4.1, §8.5–8.6).
+
+Pipeline (official code, ``model/crate.py``)::
+
+    images (B, C, H, W) ── patchify ──> (B, Np, P·P·C)
+      ── LN → Linear → LN ──> (B, Np, d) ── [cls; ·] + pos ──> Z⁰ (B, Np+1, d)
+      ── L × encoder layer ──> Z^L ── pool (cls token or mean) ── LN → Linear ──> logits
+
+Parameters live in one flat dict of arrays so optimisers and checkpoints can
+treat them uniformly: ``embed.*``, ``cls_token``, ``pos_embedding``,
+``layers.{i}.{ln1_gamma, ln1_beta, U, W_out, b_out, ln2_gamma, ln2_beta, D}``
+and ``head.{ln_gamma, ln_beta, W, b}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from minicrate.core.backend import backend_name, device_of, get_backend, namespace, random_normal, random_uniform
+from minicrate.core.validate import (
+    check_array,
+    check_cache,
+    check_config_fields,
+    check_cotangent,
+    check_int,
+    check_params_shapes,
+)
+from minicrate.layers.encoder import encoder_layer_backward, encoder_layer_forward
+from minicrate.models.embedding import (
+    add_cls_pos_backward,
+    add_cls_pos_forward,
+    patch_embed_backward,
+    patch_embed_forward,
+    patchify,
+)
+from minicrate.models.loss import cross_entropy_backward, cross_entropy_forward
+from minicrate.ops.functional import linear_backward, linear_forward
+from minicrate.ops.layernorm import layernorm_backward, layernorm_forward
+
+
+@dataclasses.dataclass(frozen=True)
+class CRATEConfig:
+    """Architecture and switches; field names follow the official code.
+
+    ``attn_scale=None`` means the official 1/√p; the paper form is
+    ``tie_out=True, attn_scale=1.0, use_layernorm=False``.
+    """
+
+    image_size: int = 8
+    patch_size: int = 4
+    channels: int = 1
+    dim: int = 64
+    depth: int = 4
+    heads: int = 4
+    num_classes: int = 10
+    pool: str = "cls"
+    eta: float = 0.1
+    lam: float = 0.1
+    tie_out: bool = False
+    attn_scale: float | None = None
+    use_layernorm: bool = True
+    ln_eps: float = 1e-5
+    label_smoothing: float = 0.1
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        check_config_fields(
+            self,
+            ints=("image_size", "patch_size", "channels", "dim", "depth", "heads", "num_classes"),
+            nonneg=(("eta", "lam"),),
+            positive=("ln_eps", "attn_scale"),
+            optional=("attn_scale",),
+            unit=("label_smoothing",),
+            bools=("tie_out", "use_layernorm"),
+            choices={"pool": ("cls", "mean")},
+        )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}"
+            )
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads} (p = dim/heads)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch_size**2 * self.channels
+
+    def layer_options(self) -> dict:
+        """Keyword switches passed to every encoder layer."""
+        return {"scale": self.attn_scale, "tie_out": self.tie_out, "use_layernorm": self.use_layernorm,
+                "eta": self.eta, "lam": self.lam, "ln_eps": self.ln_eps}
+
+
+_IMAGENET = dict(image_size=224, patch_size=16, channels=3, num_classes=1000)
+PRESETS = {
+    "crate_tiny": dict(dim=384, depth=12, heads=6, **_IMAGENET),
+    "crate_small": dict(dim=576, depth=12, heads=12, **_IMAGENET),
+    "crate_base": dict(dim=768, depth=12, heads=12, **_IMAGENET),
+    "crate_large": dict(dim=1024, depth=24, heads=16, **_IMAGENET),
+    # Small presets for the data that ships with minicrate (see minicrate.data.images).
+    "digits": dict(image_size=8, patch_size=4, channels=1, dim=64, depth=4, heads=4,
+                   num_classes=10, pool="mean"),
+    "mnist": dict(image_size=28, patch_size=7, channels=1, dim=96, depth=4, heads=4,
+                  num_classes=10, pool="mean"),
+}
+
+
+def preset(name: str, **overrides) -> CRATEConfig:
+    """A named configuration (``PRESETS``), optionally with fields overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return CRATEConfig(**{**PRESETS[name], **overrides})
+
+
+def _check_config(config, cls=None):
+    cls = cls or CRATEConfig
+    if not isinstance(config, cls):
+        raise TypeError(
+            f"config must be a {cls.__name__} (see minicrate.preset), got {type(config).__name__}"
+        )
+    return config
+
+
+def param_count(config: CRATEConfig) -> int:
+    """Number of scalars: embed 2·P + P·d + d + 2d, pos (Np+1)d, cls d,
+    L·(3d² + 5d) (fewer with ``tie_out``/no LayerNorm), head 2d + d·C + C."""
+    _check_config(config)
+    d, P, C = config.dim, config.patch_dim, config.num_classes
+    layer = 3 * d * d + 5 * d
+    if config.tie_out:
+        layer -= d * d + d
+    if not config.use_layernorm:
+        layer -= 4 * d
+    return 2 * P + P * d + d + 2 * d + (config.num_patches + 1) * d + d + config.depth * layer + 2 * d + d * C + C
+
+
+def _layer_shapes(config):
+    d, K, p = config.dim, config.heads, config.head_dim
+    shapes = {"U": (K, d, p), "D": (d, d)}
+    if not config.tie_out:
+        shapes.update({"W_out": (d, K * p), "b_out": (d,)})
+    if config.use_layernorm:
+        shapes.update({k: (d,) for k in ("ln1_gamma", "ln1_beta", "ln2_gamma", "ln2_beta")})
+    return shapes
+
+
+def param_shapes(config: CRATEConfig) -> dict:
+    """The shape of every parameter :func:`init_params` makes, by key."""
+    _check_config(config)
+    d, P, C = config.dim, config.patch_dim, config.num_classes
+    shapes = {"embed.ln_in_gamma": (P,), "embed.ln_in_beta": (P,), "embed.W": (d, P),
+              "embed.b": (d,), "embed.ln_out_gamma": (d,), "embed.ln_out_beta": (d,),
+              "cls_token": (d,), "pos_embedding": (config.num_patches + 1, d)}
+    for i in range(config.depth):
+        shapes.update({f"layers.{i}.{k}": v for k, v in _layer_shapes(config).items()})
+    shapes.update({"head.ln_gamma": (d,), "head.ln_beta": (d,), "head.W": (C, d), "head.b": (C,)})
+    return shapes
+
+
+def check_params(params, config: CRATEConfig, like=None):
+    """``params`` must hold every parameter of ``config`` with its shape, all
+    floating and of one namespace, dtype and device (those of ``like``, the
+    images, if given).  In a training loop (NaN/inf scans off) this is a quick
+    attribute pass; see :func:`minicrate.core.validate.check_params_shapes`."""
+    return check_params_shapes(params, param_shapes(config), images=like)
+
+
+def init_params(config: CRATEConfig, seed: int = 0, backend: str = "numpy", dtype: str | None = None):
+    """Parameters with the official code's initial distributions.
+
+    ``nn.Linear`` weights and biases: U(−1/√fan_in, 1/√fan_in) (PyTorch's
+    default); the ISTA dictionary D: kaiming-uniform U(−√(6/d), √(6/d)) (so
+    DᵀD ≈ 2I); class token and positional embedding: N(0, 1); LayerNorm: 1, 0.
+    Random numbers are drawn on the host, so one seed gives the same model on
+    every backend.
+
+    Returns:
+        a flat dict name -> array (see the module docstring for the names).
+    """
+    _check_config(config)
+    seed = check_int(seed, "seed", minimum=0)
+    xp = get_backend(backend) if isinstance(backend, str) else backend
+    if not hasattr(xp, "asarray"):
+        raise TypeError(
+            f"backend must be a backend name or an array namespace, got {type(backend).__name__}"
+        )
+    dtype = dtype or config.dtype
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    d, P, C = config.dim, config.patch_dim, config.num_classes
+    seeds = iter(range(seed * 100_003, seed * 100_003 + 10_000))
+
+    def uniform(shape, fan_in):
+        bound = 1.0 / math.sqrt(fan_in)
+        return random_uniform(shape, seed=next(seeds), low=-bound, high=bound, xp=xp, dtype=dtype)
+
+    ones = lambda n: xp.ones((n,), dtype=getattr(xp, dtype))
+    zeros = lambda n: xp.zeros((n,), dtype=getattr(xp, dtype))
+    params = {
+        "embed.ln_in_gamma": ones(P), "embed.ln_in_beta": zeros(P),
+        "embed.W": uniform((d, P), P), "embed.b": uniform((d,), P),
+        "embed.ln_out_gamma": ones(d), "embed.ln_out_beta": zeros(d),
+        "cls_token": random_normal((d,), seed=next(seeds), xp=xp, dtype=dtype),
+        "pos_embedding": random_normal((config.num_patches + 1, d), seed=next(seeds), xp=xp, dtype=dtype),
+    }
+    for i in range(config.depth):
+        for key, shape in _layer_shapes(config).items():
+            name = f"layers.{i}.{key}"
+            if key == "U":  # the qkv nn.Linear(d, K·p, bias=False)
+                params[name] = uniform(shape, d)
+            elif key == "D":
+                bound = math.sqrt(6.0 / d)
+                params[name] = random_uniform(shape, seed=next(seeds), low=-bound, high=bound, xp=xp, dtype=dtype)
+            elif key in ("W_out", "b_out"):
+                params[name] = uniform(shape, config.heads * config.head_dim)
+            else:
+                params[name] = ones(d) if key.endswith("gamma") else zeros(d)
+    params.update({"head.ln_gamma": ones(d), "head.ln_beta": zeros(d),
+                   "head.W": uniform((C, d), d), "head.b": uniform((C,), d)})
+    return params
+
+
+def layer_params(params, i):
+    """The i-th layer's parameters with the ``layers.{i}.`` prefix removed."""
+    prefix = f"layers.{i}."
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def _group(params, prefix):
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def encode(params, images, config: CRATEConfig, *, causal=False, fast=True):
+    """Images -> the last layer's tokens Z^L ``(B, Np+1, d)`` and a cache.
+
+    ``fast=True`` runs the layers with the fused :func:`minicrate.layers.fused.encoder.layer_forward`
+    (same mathematics, tested equal to the plain blocks; official form only,
+    otherwise the plain :func:`~minicrate.layers.encoder.encoder_layer_forward` runs).
+    """
+    from minicrate.layers.fused import encoder as fused
+
+    _check_config(config)
+    check_array(images, "images", ndim=4)
+    B, C, H, W = images.shape
+    if (C, H, W) != (config.channels, config.image_size, config.image_size):
+        raise ValueError(
+            f"images must have shape (B, {config.channels}, {config.image_size}, {config.image_size}) "
+            f"for this config, got {tuple(images.shape)}"
+        )
+    check_params(params, config, like=images)  # shapes, and one backend/dtype/device for all
+    tokens, embed_cache = patch_embed_forward(patchify(images, config.patch_size), _group(params, "embed."),
+                                              ln_eps=config.ln_eps)
+    Z, pos_cache = add_cls_pos_forward(tokens, params["cls_token"], params["pos_embedding"])
+    layer_forward = (fused.layer_forward if fast and fused.supports(**config.layer_options())
+                     else encoder_layer_forward)
+    layer_caches = []
+    for i in range(config.depth):
+        Z, c = layer_forward(Z, layer_params(params, i), causal=causal, **config.layer_options())
+        layer_caches.append(c)
+    return Z, {"embed": embed_cache, "pos": pos_cache, "layers": layer_caches}
+
+
+def forward(params, images, config: CRATEConfig, *, fast=True):
+    """Logits of a batch of images.
+
+    Args:
+        params: from :func:`init_params`.
+        images: ``(B, C, H, W)`` in the parameters' namespace and dtype.
+        config: the model's :class:`CRATEConfig`.
+        fast: fused encoder layers (:mod:`minicrate.layers.fused.encoder`); ``False`` runs the plain blocks.
+
+    Returns:
+        ``(logits, cache)``: logits ``(B, num_classes)``.
+    """
+    Z, cache = encode(params, images, config, fast=fast)
+    xp = namespace(images, params["head.W"])
+    pooled = Z[:, 0, :] if config.pool == "cls" else xp.mean(Z, axis=1)
+    normed, ln_cache = layernorm_forward(pooled, params["head.ln_gamma"], params["head.ln_beta"],
+                                         eps=config.ln_eps)
+    logits, lin_cache = linear_forward(normed, params["head.W"], params["head.b"])
+    cache.update(head_ln=ln_cache, head_lin=lin_cache, pool=config.pool, Z_shape=tuple(Z.shape),
+                 config=config)
+    return logits, cache
+
+
+def backward(dlogits, cache):
+    """Gradients of every parameter given ∂L/∂logits ``(B, num_classes)``.
+
+    Walks the forward in reverse (spec §8.5–8.6): head, pooling (only the
+    class token, or every token equally for mean pooling, receives
+    gradient), the layers from last to first, then the embedding.
+
+    Returns:
+        a dict with exactly the keys of the parameters.
+    """
+    check_cache(cache, "forward", keys=("head_lin", "head_ln", "pool", "Z_shape", "layers"))
+    X, W, _ = cache["head_lin"]
+    check_cotangent(dlogits, (X.shape[0], W.shape[0]), W, name="dlogits")
+    xp = namespace(dlogits)
+    grads = {}
+    dnormed, g = linear_backward(dlogits, cache["head_lin"])
+    grads["head.W"], grads["head.b"] = g["W"], g["b"]
+    dpooled, g = layernorm_backward(dnormed, cache["head_ln"])
+    grads["head.ln_gamma"], grads["head.ln_beta"] = g["gamma"], g["beta"]
+    B, N, d = cache["Z_shape"]
+    if cache["pool"] == "cls":
+        rest = xp.zeros((B, N - 1, d), dtype=dlogits.dtype, device=device_of(dlogits))
+        dZ = xp.concat([xp.reshape(dpooled, (B, 1, d)), rest], axis=1)
+    else:
+        dZ = xp.broadcast_to(xp.reshape(dpooled / N, (B, 1, d)), (B, N, d))
+    encode_backward(dZ, cache, grads)
+    return grads
+
+
+def encode_backward(dZ, cache, grads):
+    """Backward of :func:`encode`: fills ``grads`` and returns d(images patches)."""
+    from minicrate.layers.fused.encoder import FastLayerCache, layer_backward
+
+    for i in reversed(range(len(cache["layers"]))):
+        c = cache["layers"][i]
+        dZ, g = (layer_backward if isinstance(c, FastLayerCache) else encoder_layer_backward)(dZ, c)
+        grads.update({f"layers.{i}.{k}": v for k, v in g.items()})
+    dtokens, g = add_cls_pos_backward(dZ, cache["pos"])
+    grads.update(g)
+    dpatches, g = patch_embed_backward(dtokens, cache["embed"])
+    grads.update({f"embed.{k}": v for k, v in g.items()})
+    return dpatches
+
+
+def loss_and_grads(params, images, labels, config: CRATEConfig, *, fast=True):
+    """Label-smoothed cross-entropy of a batch and the gradient of every parameter.
+
+    ``fast=False`` runs the plain encoder blocks instead of the fused layer.
+
+    Returns:
+        ``(loss, grads, logits)``: loss a Python float.
+    """
+    logits, cache = forward(params, images, config, fast=fast)
+    loss, loss_cache = cross_entropy_forward(logits, labels, smoothing=config.label_smoothing)
+    grads = backward(cross_entropy_backward(1.0, loss_cache), cache)
+    return float(loss), grads, logits
+
+
+def intermediates(cache):
+    """What the white-box measurements look at, per layer (spec §6.1).
+
+    Returns:
+        dict with lists over layers: ``mssa_inputs`` (LN₁(Z^ℓ), ``(B, N, d)``),
+        ``ista_outputs`` (Z^{ℓ+1}, the ISTA outputs, ``(B, N, d)``: their
+        non-zeros give sparsity), ``attention`` (``(B, K, N, N)``) and
+        ``U`` (each layer's bases).
+    """
+    layers = check_cache(cache, "forward", keys=("layers",))["layers"]
+    return {
+        "mssa_inputs": [c["mssa_input"] for c in layers],
+        "ista_outputs": [c["ista_output"] for c in layers],
+        "attention": [c["mssa"]["A"] for c in layers],
+        "U": [c["params"]["U"] for c in layers],
+    }
+
+
+def describe(config: CRATEConfig, params=None) -> str:
+    """One line: sizes, parameter count and (if given) the params' backend."""
+    where = f", {backend_name(namespace(params['head.W']))}" if params is not None else ""
+    return (f"CRATE d={config.dim} depth={config.depth} heads={config.heads} patch={config.patch_size} "
+            f"tokens={config.num_patches + 1} params={param_count(config):,}{where}")
+
+
+def save(path, params, config: CRATEConfig):
+    """Save a model's parameters and config to ``.npz`` (atomically; bit-exact).
+
+    For training state (optimiser, epoch) use :func:`minicrate.core.checkpoint.save`.
+    """
+    from minicrate.core import checkpoint
+
+    return checkpoint.save(path, params, config)
+
+
+def load(path):
+    """Load ``(params, config)`` saved by :func:`save` (NumPy arrays)."""
+    from minicrate.core import checkpoint
+
+    params, config, _ = checkpoint.load(path)
+    return params, config

@@ -1,0 +1,141 @@
+r"""From images to tokens, spec §4.1 steps 1–4 (and back, for the MAE).
+
+* :func:`patchify` cuts ``(B, C, H, W)`` images into non-overlapping P×P
+  patches, each flattened in (row-in-patch, col-in-patch, channel) order as
+  the official ``Rearrange('b c (h p1) (w p2) -> b (h w) (p1 p2 c)')``.
+* The patch embedding (f^pre) is LayerNorm → Linear → LayerNorm.
+* A learned class token is prepended and a learned positional embedding added.
+"""
+
+from __future__ import annotations
+
+from minicrate.core.backend import namespace
+from minicrate.core.validate import (
+    check_array,
+    check_cache,
+    check_cotangent,
+    check_int,
+    check_keys,
+    check_same_kind,
+)
+from minicrate.ops.functional import linear_backward, linear_forward
+from minicrate.ops.layernorm import layernorm_backward, layernorm_forward
+
+EMBED_KEYS = ("ln_in_gamma", "ln_in_beta", "W", "b", "ln_out_gamma", "ln_out_beta")
+
+
+def patchify(images, patch_size):
+    """``(B, C, H, W)`` -> ``(B, (H/P)(W/P), P·P·C)`` patches (a pure reshape).
+
+    Raises ``ValueError`` when H or W is not a multiple of ``patch_size``.
+    """
+    check_array(images, "images", ndim=4)
+    B, C, H, W = images.shape
+    P = check_int(patch_size, "patch_size", minimum=1)
+    if H % P or W % P:
+        raise ValueError(
+            f"image size {H}x{W} must be divisible by patch_size {patch_size} "
+            f"(images have shape {tuple(images.shape)})"
+        )
+    xp = namespace(images)
+    x = xp.reshape(images, (B, C, H // P, P, W // P, P))
+    x = xp.permute_dims(x, (0, 2, 4, 3, 5, 1))  # B, h, w, p1, p2, C
+    return xp.reshape(x, (B, (H // P) * (W // P), P * P * C))
+
+
+def unpatchify(patches, patch_size, channels, height, width):
+    """Inverse of :func:`patchify`: ``(B, Np, P·P·C)`` -> ``(B, C, H, W)``."""
+    check_array(patches, "patches", ndim=3)
+    P = check_int(patch_size, "patch_size", minimum=1)
+    C = check_int(channels, "channels", minimum=1)
+    height, width = check_int(height, "height", minimum=1), check_int(width, "width", minimum=1)
+    B = patches.shape[0]
+    h, w = height // P, width // P
+    if height % P or width % P or tuple(patches.shape[1:]) != (h * w, P * P * C):
+        raise ValueError(
+            f"patches must have shape (B, {h * w}, {P * P * C}) for {C}-channel "
+            f"{height}x{width} images cut into {P}x{P} patches (sizes divisible by {P}), got {tuple(patches.shape)}"
+        )
+    xp = namespace(patches)
+    x = xp.reshape(patches, (B, h, w, P, P, C))
+    x = xp.permute_dims(x, (0, 5, 1, 3, 2, 4))  # B, C, h, p1, w, p2
+    return xp.reshape(x, (B, C, h * P, w * P))
+
+
+def patch_embed_forward(patches, params, *, ln_eps=1e-5):
+    r"""LayerNorm → Linear → LayerNorm on each patch, spec §4.1 step 2.
+
+    Args:
+        patches: ``(B, Np, P·P·C)``.
+        params: ``ln_in_gamma, ln_in_beta`` ``(P·P·C,)``; ``W`` ``(d, P·P·C)``,
+            ``b`` ``(d,)``; ``ln_out_gamma, ln_out_beta`` ``(d,)``.
+
+    Returns:
+        ``(tokens, cache)``, tokens ``(B, Np, d)``.
+    """
+    check_keys(params, EMBED_KEYS)
+    X, c1 = layernorm_forward(patches, params["ln_in_gamma"], params["ln_in_beta"], eps=ln_eps)
+    T, c2 = linear_forward(X, params["W"], params["b"])
+    Y, c3 = layernorm_forward(T, params["ln_out_gamma"], params["ln_out_beta"], eps=ln_eps)
+    return Y, (c1, c2, c3)
+
+
+def patch_embed_backward(dY, cache):
+    """Backward of :func:`patch_embed_forward` -> ``(dpatches, grads)``."""
+    c1, c2, c3 = check_cache(cache, "patch_embed_forward", length=3)
+    dT, g3 = layernorm_backward(dY, c3)
+    dX, g2 = linear_backward(dT, c2)
+    dP, g1 = layernorm_backward(dX, c1)
+    grads = {"ln_in_gamma": g1["gamma"], "ln_in_beta": g1["beta"], "W": g2["W"], "b": g2["b"],
+             "ln_out_gamma": g3["gamma"], "ln_out_beta": g3["beta"]}
+    return dP, grads
+
+
+def add_cls_pos_forward(tokens, cls_token, pos_embedding):
+    r"""Prepend the class token and add the positional embedding, spec §4.1 steps 3–4:
+    :math:`Z^0 = [z_{\text{cls}}; T] + E_{\text{pos}}`.
+
+    Args:
+        tokens: ``(B, Np, d)``.
+        cls_token: ``(d,)``, or ``None`` for no class token (mean pooling
+            without it, or the language models).
+        pos_embedding: ``(Np + 1, d)`` (``(Np, d)`` without a class token).
+
+    Returns:
+        ``(Z, cache)``: Z ``(B, Np + 1, d)``.
+    """
+    check_array(tokens, "tokens", ndim=3)
+    B, Np, d = tokens.shape
+    if cls_token is not None:
+        check_array(cls_token, "cls_token", ndim=1, shape=(d,))
+    check_array(pos_embedding, "pos_embedding", ndim=2)
+    check_same_kind(tokens=tokens, cls_token=cls_token, pos_embedding=pos_embedding)
+    xp = namespace(tokens, pos_embedding)
+    n_total = Np + (cls_token is not None)
+    if tuple(pos_embedding.shape) != (n_total, d):
+        raise ValueError(
+            f"pos_embedding must have shape ({n_total}, {d}) for tokens of shape "
+            f"{tuple(tokens.shape)}, got {tuple(pos_embedding.shape)}"
+        )
+    if cls_token is not None:
+        cls = xp.broadcast_to(xp.reshape(cls_token, (1, 1, d)), (B, 1, d))
+        tokens = xp.concat([cls, tokens], axis=1)
+    Z = tokens + pos_embedding
+    # Backward needs only has_cls; the shape and pos_embedding let it check dZ.
+    cache = {"has_cls": cls_token is not None, "shape": tuple(Z.shape), "pos_embedding": pos_embedding}
+    return Z, cache
+
+
+def add_cls_pos_backward(dZ, cache):
+    """Backward of :func:`add_cls_pos_forward` -> ``(dtokens, grads)``; the
+    class token gets column 0's gradient summed over the batch, the positional
+    embedding the token gradient summed over the batch (spec §8.6)."""
+    check_cache(cache, "add_cls_pos_forward", keys=("has_cls", "shape", "pos_embedding"))
+    check_cotangent(dZ, cache["shape"], cache["pos_embedding"], name="dZ")
+    xp = namespace(dZ)
+    has_cls = cache["has_cls"]
+    grads = {"pos_embedding": xp.sum(dZ, axis=0)}
+    if has_cls:
+        grads["cls_token"] = xp.sum(dZ[:, 0, :], axis=0)
+        return dZ[:, 1:, :], grads
+    return dZ, grads

@@ -1,0 +1,192 @@
+r"""Data parallelism over the batch on the CPU cores (NumPy backend).
+
+NumPy spreads one large matrix product over the cores (through BLAS), but
+every elementwise operation — LayerNorm, softmax, ReLU, the copies between
+token and head layouts — runs on one core, and the small per-head products of
+attention (``(N, p) @ (p, N)`` blocks, 65×64 for 32×32 images) gain little
+from BLAS threads, which must meet at a barrier after every block.
+
+Here the batch is split into one chunk per core and each chunk runs the
+whole forward and backward in its own Python thread, with BLAS set to one
+thread.  NumPy releases the GIL inside its loops, so the chunks really run at
+the same time: everything, not only the large products, uses every core.
+The gradients of a mean loss combine exactly::
+
+    loss = Σ_i (n_i / B) · loss_i        grads = Σ_i (n_i / B) · grads_i
+
+(chunk i has n_i samples).  The result equals the one-chunk computation up to
+floating-point rounding (sums in another order).
+
+Only NumPy gains: CuPy and torch have their own parallel kernels, so with
+those backends (and with one usable core) the functions below simply call the
+model once.  Setting BLAS threads needs ``threadpoolctl``; without it the
+chunks run one after the other.
+
+Threads share Python's interpreter lock between NumPy calls; when the calls are
+short (small models) they wait for each other.  ``processes=True`` runs the
+chunks in worker processes instead (:mod:`minicrate.training.parallel.procpool`: parameters,
+batch and gradients in shared memory), the default for
+:func:`loss_and_grads` on NumPy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from minicrate.core.backend import backend_name, namespace
+from minicrate.core.validate import check_array, check_int_array, describe
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(xp) -> int:
+    """Chunks per batch: the usable cores for NumPy, 1 for every other backend."""
+    return usable_cores() if backend_name(xp) == "numpy" and _controller() is not None else 1
+
+
+@functools.lru_cache(maxsize=1)
+def _controller():
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
+    return threadpoolctl.ThreadpoolController()
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(workers):
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minicrate-batch")
+
+
+def one_thread_blas():
+    """Context manager: BLAS uses one thread inside (no-op without threadpoolctl)."""
+    controller = _controller()
+    if controller is None:
+        return contextlib.nullcontext()
+    return controller.limit(limits=1, user_api="blas")
+
+
+def chunks(n, workers):
+    """``workers`` contiguous slices covering ``range(n)``, sizes differing by at most one."""
+    workers = max(1, min(workers, n))
+    bounds = [round(i * n / workers) for i in range(workers + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(workers)]
+
+
+def map_chunks(fn, n, workers):
+    """``[fn(s) for s in chunks(n, workers)]``, the calls running in parallel threads
+    with one-thread BLAS when ``workers > 1``."""
+    parts = chunks(n, workers)
+    if len(parts) == 1:
+        return [fn(parts[0])]
+    with one_thread_blas():
+        return list(_pool(len(parts)).map(fn, parts))
+
+
+def process_pool(config, workers, options=()):
+    """The worker processes for ``(config, workers, options)``.  One pool is kept at a
+    time: another key, or a pool that was closed, starts a new one."""
+    from minicrate.training.parallel.procpool import ProcessPool
+
+    pool = current_pool()
+    if pool is not None and pool.key == (config, int(workers), tuple(options)):
+        return pool
+    close_pool()
+    _POOLS.append(ProcessPool(config, workers, **dict(options)))
+    return _POOLS[0]
+
+
+_POOLS = []  # at most one ProcessPool
+
+
+def current_pool():
+    """The live :class:`~minicrate.training.parallel.procpool.ProcessPool`, or None."""
+    return _POOLS[0] if _POOLS and not _POOLS[0].closed else None
+
+
+def close_pool():
+    """Stop the worker processes, if any (they also stop when the program exits)."""
+    for pool in _POOLS:
+        pool.close()
+    _POOLS.clear()
+
+
+def check_batch(images, labels):
+    """Check a whole batch before it is split: a chunk's own checks would name the chunk's
+    shapes, and labels that are too few would be broadcast over a chunk."""
+    check_array(images, "images", ndim=4, finite=False)
+    check_int_array(labels, "labels", ndim=1)
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels must have one entry per image ({images.shape[0]}), got {describe(labels)}")
+
+
+def loss_and_grads(params, images, labels, config, *, workers=None, processes=None, **options):
+    """:func:`minicrate.models.classifier.loss_and_grads` with the batch split over ``workers`` chunks.
+
+    Args:
+        params, images, labels, config: as for :func:`minicrate.models.classifier.loss_and_grads`.
+        workers: number of chunks (``None``: :func:`default_workers`).
+        processes: run the chunks in worker processes (:mod:`minicrate.training.parallel.procpool`)
+            rather than threads; ``None``: processes on NumPy.
+        options: passed on to :func:`minicrate.models.classifier.loss_and_grads`.
+
+    Returns:
+        ``(loss, grads, logits)`` for the whole batch.
+    """
+    from minicrate.models.classifier import loss_and_grads as single
+
+    check_batch(images, labels)
+    xp = namespace(images)
+    B = images.shape[0]
+    workers = default_workers(xp) if workers is None else int(workers)
+    if workers <= 1 or B < 2:
+        return single(params, images, labels, config, **options)
+    if processes is None:  # worker processes need POSIX pipes (pass_fds)
+        processes = backend_name(xp) == "numpy" and os.name == "posix"
+    if processes:
+        if backend_name(xp) != "numpy":
+            raise ValueError(f"processes=True needs NumPy arrays, got {backend_name(xp)}")
+        pool = process_pool(config, workers, sorted(options.items()))
+        return pool.loss_and_grads(params, images, labels)
+
+    def run(s):
+        return s, single(params, images[s, ...], labels[s], config, **options)
+
+    results = map_chunks(run, B, workers)
+    loss, grads = 0.0, None
+    for s, (loss_i, grads_i, _) in results:
+        w = (s.stop - s.start) / B
+        loss += w * loss_i
+        if grads is None:
+            grads = {k: w * g for k, g in grads_i.items()}
+        else:
+            for k, g in grads_i.items():
+                grads[k] += w * g
+    logits = xp.concat([r[1][2] for r in results], axis=0)
+    return loss, grads, logits
+
+
+def forward(params, images, config, *, workers=None, **options):
+    """:func:`minicrate.models.classifier.forward` over batch chunks in parallel threads.
+
+    Returns:
+        ``(logits, caches)``: logits for the whole batch and the list of the
+        chunks' caches (each usable with :func:`minicrate.models.classifier.backward` on its
+        rows of the logits' gradient).
+    """
+    from minicrate.models.classifier import forward as single
+
+    xp = namespace(images)
+    B = images.shape[0]
+    workers = default_workers(xp) if workers is None else int(workers)
+    results = map_chunks(lambda s: single(params, images[s, ...], config, **options), B, workers)
+    return xp.concat([r[0] for r in results], axis=0), [r[1] for r in results]
