@@ -32,8 +32,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minicrate.measure.layerwise import attention_run, format_table, measure_run  # noqa: E402
+from minicrate.measure.layerwise import format_table  # noqa: E402
 from minicrate.models.classifier import describe  # noqa: E402
+from minicrate.runs import attention_run, measure_run  # noqa: E402
 from minicrate.training.classifier import recipe, train  # noqa: E402
 
 

@@ -64,11 +64,11 @@ def seconds_per_step(mc, tc, corpus, n=6):
     """Median wall time of a training step of this model (after one warm-up step)."""
     import numpy as np
 
-    from minicrate.commands.train_lm import loss_and_grads
     from minicrate.core.backend import get_backend
     from minicrate.core.validate import finite_checks
     from minicrate.data.text import causal_batch, masked_batch, random_windows
     from minicrate.models import lm
+    from minicrate.training.lm import loss_and_grads
     from minicrate.training.parallel.threads import default_workers
 
     workers = default_workers(get_backend("numpy"))
@@ -93,8 +93,9 @@ def seconds_per_step(mc, tc, corpus, n=6):
 
 def run_form(form, budget, out, *, corpus, t_start, progress, log):
     """Train one form within ``budget`` seconds counted from ``t_start``."""
-    from minicrate.commands.train_lm import LMTrainConfig, model_config_for, train_lm
-    from minicrate.models import lm
+    from minicrate.commands.train_lm import model_config_for
+    from minicrate.models import lm, sampling
+    from minicrate.training.lm import LMTrainConfig, train_lm
 
     mc = model_config_for(corpus.vocab.size, {**MODEL, "form": form})
     recipe = {**TRAIN, **TRAIN_OVERRIDES.get(form, {})}
@@ -138,7 +139,7 @@ def run_form(form, budget, out, *, corpus, t_start, progress, log):
     }
     if form == "causal":
         vocab = corpus.vocab
-        summary["sample"] = lm.generate(result["params"], mc, vocab, "ROMEO:", 400,
+        summary["sample"] = sampling.generate(result["params"], mc, vocab, "ROMEO:", 400,
                                         temperature=0.8, top_k=10, seed=0)
         summary["target_1.9_reached"] = result["val_loss"] <= 1.9
         summary["first_step_at_or_below_1.9"] = next(

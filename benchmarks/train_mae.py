@@ -2,8 +2,8 @@
 r"""CRATE-MAE on MNIST-5k: masked-patch MSE against the mean-patch baseline,
 the linear probe, and wall time (issue 5's figures).
 
-Trains :data:`minicrate.models.mae.MAE_RECIPES` ``[--data]`` from scratch with the
-hand-written backward (``minicrate.models.mae.train_mae``, the ``train-mae``
+Trains :data:`minicrate.training.mae.MAE_RECIPES` ``[--data]`` from scratch with the
+hand-written backward (``minicrate.training.mae.train_mae``, the ``train-mae``
 command's loop), then writes ``reconstruct.png`` and prints one line per seed
 and a Markdown table for the README.
 
@@ -35,8 +35,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from minicrate.commands.reconstruct import reconstruct_figure  # noqa: E402
-from minicrate.models.mae import mae_param_count, mae_recipe, train_mae  # noqa: E402
-from minicrate.training.classifier import limit_threads  # noqa: E402
+from minicrate.models.mae import mae_param_count  # noqa: E402
+from minicrate.training.mae import mae_recipe, train_mae  # noqa: E402
+from minicrate.training.rundir import limit_threads  # noqa: E402
 
 TARGET = 0.5  # test masked-patch MSE / mean-patch baseline's
 

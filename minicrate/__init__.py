@@ -52,9 +52,8 @@ from minicrate.layers.decoder import (
     decoder_layer_backward,
     decoder_layer_forward,
     decoder_layer_params,
-    mssa_roundtrip,
-    synthesize,
 )
+from minicrate.measure.roundtrip import mssa_roundtrip, synthesize
 # Character-level language models on Shakespeare (minicrate.models.lm, minicrate.data.text; issue 10).
 from minicrate.models import lm
 from minicrate.data import text
@@ -75,9 +74,7 @@ from minicrate.models.mae import (
     mae_forward,
     mae_loss_and_grads,
     mae_preset,
-    mae_recipe,
-    masked_mse_backward,
-    masked_mse_forward,
-    random_masking,
-    train_mae,
 )
+from minicrate.models.loss import masked_mse_backward, masked_mse_forward
+from minicrate.models.masking import random_masking
+from minicrate.training.mae import mae_recipe, train_mae

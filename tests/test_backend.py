@@ -66,11 +66,14 @@ def test_to_numpy_and_asarray_like(xp):
 # The math modules compute in the namespace of their inputs; host-side modules (data, masks drawn
 # on the host so that one seed gives one result on every backend, training loops, the FD checker,
 # strategies, grading harness, CLI, plotting) may use NumPy on host arrays (CONTRIBUTING.md).
-MATH_MODULES = ("objective.rates", "ops.functional", "ops.layernorm", "layers.mssa", "layers.ista", "models.embedding",
-                "models.loss", "layers.encoder", "layers.decoder", "layers.fused.encoder", "models.classifier",
-                "models.lm", "training.optim", "training.schedule", "training.parallel.threads", "core.validate")
-# minicrate.models.mae mixes both: these are its math functions; the rest (masks, canvas, baseline,
-# probe, training loop) are host-side and import NumPy locally.
+MATH_MODULES = ("objective.rates", "ops.functional", "ops.layernorm", "ops.heads", "layers.mssa", "layers.ista",
+                "models.embedding", "models.loss", "models.stack", "layers.encoder", "layers.decoder",
+                "layers.fused.kernels", "layers.fused.encoder", "layers.fused.decoder", "models.classifier",
+                "models.lm", "models.sampling", "measure.roundtrip", "training.optim", "training.schedule",
+                "training.parallel.threads", "core.validate")
+# minicrate.models.mae mixes both: these are its math functions (some re-exported from
+# minicrate.models.mae_params and minicrate.models.loss); the masks (minicrate.models.masking), the
+# positional table, the probe (minicrate.measure.probe) and training are host-side and import NumPy locally.
 MAE_MATH = ("mae_encode", "mae_forward", "masked_mse_forward", "masked_mse_backward", "mae_backward",
             "mae_loss_and_grads", "init_mae_params", "reconstruct")
 

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 import minicrate as mc
 from minicrate.checks.strategies import attention_shapes, normal, orthonormal_bases, seeds, union_of_subspaces
 from minicrate.layers import decoder as dec
+from minicrate.layers.fused import decoder as fused_decoder
+from minicrate.measure import roundtrip
 
 FORMS = {
     "released": {},
@@ -167,18 +169,18 @@ def test_mssa_roundtrip_error_shrinks_like_kappa_squared(xp):
     U = orthonormal_bases(xp, 4, 32, 8, seed=0)
     Z, _ = union_of_subspaces(xp, U_host, 16, seed=1)
     kappas = [1.0, 0.5, 0.25, 0.125, 0.0625]
-    errors = dec.roundtrip_errors(Z, U, kappas)
-    slope = dec.loglog_slope(kappas, errors)
+    errors = roundtrip.roundtrip_errors(Z, U, kappas)
+    slope = roundtrip.loglog_slope(kappas, errors)
     assert slope >= 1.8, (slope, errors)
     # the step itself is only first order: without the decoder the error is ∝ κ
-    moved = [float(xp.linalg.vector_norm(dec.encoder_mssa_step(Z, U, k) - Z)) for k in kappas]
-    assert 0.9 <= dec.loglog_slope(kappas, moved) <= 1.1
+    moved = [float(xp.linalg.vector_norm(roundtrip.encoder_mssa_step(Z, U, k) - Z)) for k in kappas]
+    assert 0.9 <= roundtrip.loglog_slope(kappas, moved) <= 1.1
     assert errors[-1] < 0.1 * moved[-1] / float(xp.linalg.vector_norm(Z))
 
 
 def test_loglog_slope():
     xs = [1.0, 2.0, 4.0]
-    assert dec.loglog_slope(xs, [3 * x**2 for x in xs]) == pytest.approx(2.0)
+    assert roundtrip.loglog_slope(xs, [3 * x**2 for x in xs]) == pytest.approx(2.0)
 
 
 def _sparse_code(rng, n, d, lam, density=0.3):
@@ -196,10 +198,10 @@ def test_synthesis_inverts_ista_up_to_the_threshold(xp, lam):
     d, n = 16, 12
     D = orthonormal_bases(xp, 1, d, d, seed=5)[0, ...]
     S = _sparse_code(rng, n, d, lam)
-    X = dec.synthesize(mc.core.backend.host_to(xp, S), D)
-    A = dec.ista_iterate(X, D, eta=1.0, lam=lam, steps=1)
+    X = roundtrip.synthesize(mc.core.backend.host_to(xp, S), D)
+    A = roundtrip.ista_iterate(X, D, eta=1.0, lam=lam, steps=1)
     np.testing.assert_allclose(mc.to_numpy(A), np.maximum(S - lam, 0), atol=1e-12)
-    err = float(xp.linalg.vector_norm(dec.synthesize(A, D) - X))
+    err = float(xp.linalg.vector_norm(roundtrip.synthesize(A, D) - X))
     assert err == pytest.approx(lam * math.sqrt(np.count_nonzero(S)), rel=1e-10)
 
 
@@ -210,14 +212,14 @@ def test_code_step_size_needs_iterations_to_invert(xp):
     rng = np.random.default_rng(1)
     D = orthonormal_bases(xp, 1, 16, 16, seed=6)[0, ...]
     S = _sparse_code(rng, 12, 16, lam)
-    X = dec.synthesize(mc.core.backend.host_to(xp, S), D)
+    X = roundtrip.synthesize(mc.core.backend.host_to(xp, S), D)
     bound = lam * math.sqrt(np.count_nonzero(S))
-    one = dec.ista_iterate(X, D, eta=0.1, lam=lam, steps=1)
+    one = roundtrip.ista_iterate(X, D, eta=0.1, lam=lam, steps=1)
     np.testing.assert_allclose(mc.to_numpy(one), mc.to_numpy(mc.ista_forward(X, D, eta=0.1, lam=lam)[0]))
-    assert float(xp.linalg.vector_norm(dec.synthesize(one, D) - X)) > 3 * bound
-    many = dec.ista_iterate(X, D, eta=0.1, lam=lam, steps=400)
+    assert float(xp.linalg.vector_norm(roundtrip.synthesize(one, D) - X)) > 3 * bound
+    many = roundtrip.ista_iterate(X, D, eta=0.1, lam=lam, steps=400)
     np.testing.assert_allclose(mc.to_numpy(many), np.maximum(S - lam, 0), atol=1e-9)
-    assert float(xp.linalg.vector_norm(dec.synthesize(many, D) - X)) <= bound * (1 + 1e-6)
+    assert float(xp.linalg.vector_norm(roundtrip.synthesize(many, D) - X)) <= bound * (1 + 1e-6)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -229,16 +231,16 @@ def test_fused_decoder_layer_equals_the_plain_one(xp, bias):
     Z = normal(xp, (2, 5, 6), 17)
     dY = normal(xp, (2, 5, 6), 18)
     Y, cache = dec.decoder_layer_forward(Z, params)
-    Yf, cache_f = dec.fast_decoder_layer_forward(Z, params)
+    Yf, cache_f = fused_decoder.fast_decoder_layer_forward(Z, params)
     np.testing.assert_allclose(mc.to_numpy(Yf), mc.to_numpy(Y), rtol=1e-12, atol=1e-12)
     dZ, grads = dec.decoder_layer_backward(dY, cache)
-    dZf, grads_f = dec.fast_decoder_layer_backward(dY, cache_f)
+    dZf, grads_f = fused_decoder.fast_decoder_layer_backward(dY, cache_f)
     np.testing.assert_allclose(mc.to_numpy(dZf), mc.to_numpy(dZ), rtol=1e-10, atol=1e-12)
     assert set(grads_f) == set(grads) == set(params)
     for k in grads:
         np.testing.assert_allclose(mc.to_numpy(grads_f[k]), mc.to_numpy(grads[k]), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="released form"):
-        dec.fast_decoder_layer_forward(Z, params, tie_out=True)
+        fused_decoder.fast_decoder_layer_forward(Z, params, tie_out=True)
 
 
 def test_backward_and_helpers_reject_bad_input():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import minicrate as mc
 from minicrate.checks.strategies import normal, seeds
-from minicrate.models.classifier import layer_params
+from minicrate.models.stack import layer_params
 
 LAYER_SWITCHES = st.fixed_dictionaries({
     "tie_out": st.booleans(), "use_layernorm": st.booleans(), "scale": st.sampled_from([None, 1.0]),

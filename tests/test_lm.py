@@ -12,7 +12,8 @@ from minicrate.checks.strategies import normal
 from minicrate.core.backend import host_to, to_numpy
 from minicrate.data.text import Vocab
 from minicrate.layers.encoder import encoder_layer_backward, encoder_layer_forward
-from minicrate.models import lm
+from minicrate.measure.layerwise import lm_layerwise
+from minicrate.models import lm, sampling
 
 V, B, N = 5, 2, 4
 
@@ -223,24 +224,24 @@ def _sampling_model(xp):
 
 def test_seeded_sampling_is_reproducible(xp):
     vocab, config, params = _sampling_model(xp)
-    a = lm.generate(params, config, vocab, "ab", 12, temperature=1.5, seed=3)
-    b = lm.generate(params, config, vocab, "ab", 12, temperature=1.5, seed=3)
-    c = lm.generate(params, config, vocab, "ab", 12, temperature=1.5, seed=4)
+    a = sampling.generate(params, config, vocab, "ab", 12, temperature=1.5, seed=3)
+    b = sampling.generate(params, config, vocab, "ab", 12, temperature=1.5, seed=3)
+    c = sampling.generate(params, config, vocab, "ab", 12, temperature=1.5, seed=4)
     assert a == b and a != c and a.startswith("ab") and len(a) == 14
     # The same seed gives the same text on NumPy.
     _, _, host_params = _sampling_model(lm.namespace(np.zeros(1)))
-    assert lm.generate(host_params, config, vocab, "ab", 12, temperature=1.5, seed=3) == a
+    assert sampling.generate(host_params, config, vocab, "ab", 12, temperature=1.5, seed=3) == a
     # top_k = 1 is greedy decoding.
-    greedy = lm.generate(params, config, vocab, "ab", 6, temperature=0)
-    assert lm.generate(params, config, vocab, "ab", 6, top_k=1, seed=9) == greedy
+    greedy = sampling.generate(params, config, vocab, "ab", 6, temperature=0)
+    assert sampling.generate(params, config, vocab, "ab", 6, top_k=1, seed=9) == greedy
 
 
 def test_top_k_and_temperature_distribution():
     logits = np.array([1.0, 3.0, 2.0, 3.0, -1.0])
-    p = to_numpy(lm.next_char_distribution(logits, temperature=0.5, top_k=2))
+    p = to_numpy(sampling.next_char_distribution(logits, temperature=0.5, top_k=2))
     assert np.isclose(p.sum(), 1) and p[1] == p[3] and np.isclose(p[1], 0.5)
     assert np.all(p[[0, 2, 4]] == 0)
-    q = to_numpy(lm.next_char_distribution(logits, temperature=2.0))
+    q = to_numpy(sampling.next_char_distribution(logits, temperature=2.0))
     ref = np.exp(logits / 2) / np.exp(logits / 2).sum()
     np.testing.assert_allclose(q, ref, rtol=1e-12)
 
@@ -248,16 +249,16 @@ def test_top_k_and_temperature_distribution():
 def test_unknown_prompt_character_and_wrong_form_are_clear_errors():
     vocab, config, params = _sampling_model(lm.namespace(np.zeros(1)))
     with pytest.raises(ValueError, match=r"not in the vocabulary: 'Z'"):
-        lm.generate(params, config, vocab, "abZ", 3)
+        sampling.generate(params, config, vocab, "abZ", 3)
     with pytest.raises(ValueError, match="at least one character"):
-        lm.generate(params, config, vocab, "", 3)
+        sampling.generate(params, config, vocab, "", 3)
     with pytest.raises(ValueError, match="masked model"):
-        lm.fill_masks(params, config, vocab, "a_c")
+        sampling.fill_masks(params, config, vocab, "a_c")
     mconfig = tiny("masked")
     mparams = lm.init_params(mconfig)
     with pytest.raises(ValueError, match="causal model"):
-        lm.generate(mparams, mconfig, vocab, "ab", 3)
-    filled, where = lm.fill_masks(mparams, mconfig, vocab, "a_c_")
+        sampling.generate(mparams, mconfig, vocab, "ab", 3)
+    filled, where = sampling.fill_masks(mparams, mconfig, vocab, "a_c_")
     assert where == [1, 3] and filled[0] == "a" and filled[2] == "c" and "_" not in filled
     with pytest.raises(ValueError, match="longer than the context"):
         lm.embed_forward(tokens(0, shape=(1, 9)), mparams["tok_embedding"],
@@ -292,7 +293,7 @@ def three_plays():
 
 
 def _run(form, out, corpus, **kw):
-    from minicrate.commands.train_lm import LMTrainConfig, train_lm
+    from minicrate.training.lm import LMTrainConfig, train_lm
 
     mc = lm.LMConfig(vocab_size=corpus.vocab.size, form=form, context=16, dim=8, depth=1,
                      heads=2)
@@ -301,10 +302,23 @@ def _run(form, out, corpus, **kw):
     return train_lm(mc, tc, out, progress=False, corpus=corpus, log=lambda *a: None, **kw)
 
 
+
+def test_train_lm_caps_a_warmup_longer_than_the_run(tmp_path, three_plays):
+    """A warm-up longer than ``steps`` is cut to the run (as ``train`` does), not refused."""
+    from minicrate.training.lm import LMTrainConfig, train_lm
+
+    mc = lm.LMConfig(vocab_size=three_plays.vocab.size, form="causal", context=16, dim=8, depth=1,
+                     heads=2)
+    tc = LMTrainConfig(form="causal", steps=3, batch_size=4, warmup_steps=50, eval_every=3,
+                       eval_windows=8, workers=1)
+    result = train_lm(mc, tc, tmp_path, progress=False, corpus=three_plays, log=lambda *a: None)
+    assert result["status"] == "completed" and result["steps"] == 3
+    assert result["history"][-1]["lr"] == pytest.approx(tc.lr)  # the last warm-up step: the peak
+
 def test_train_lm_resume_continues_the_same_run(tmp_path, three_plays):
     import json
 
-    from minicrate.commands.train_lm import load_run
+    from minicrate.training.lm import load_run
 
     full = _run("causal", tmp_path / "full", three_plays)
     part = _run("causal", tmp_path / "part", three_plays, stop_after_steps=4)
@@ -350,7 +364,7 @@ def test_layerwise_measurements_match_the_rates_functions():
     config = tiny(depth=2)
     params = lm.init_params(config, seed=3)
     ids = tokens(5, shape=(3, 5))
-    out = lm.layerwise(params, config, ids)
+    out = lm_layerwise(params, config, ids)
     _, cache = lm.forward(params, ids, config)
     inter = lm.intermediates(cache)
     for layer in range(2):
@@ -363,7 +377,7 @@ def test_layerwise_measurements_match_the_rates_functions():
 
 @pytest.mark.parametrize("form", ["causal", "masked"])
 def test_batch_split_over_threads_matches_one_chunk(form):
-    from minicrate.commands.train_lm import loss_and_grads as split_step
+    from minicrate.training.lm import loss_and_grads as split_step
 
     config = tiny(form)
     params = lm.init_params(config, seed=5)

@@ -13,7 +13,9 @@ import pytest
 import minicrate as mc
 from minicrate.checks.strategies import normal
 from minicrate.core.backend import host_to
-from minicrate.models import mae
+from minicrate.measure import probe
+from minicrate.models import loss as mc_loss
+from minicrate.models import mae, masking
 
 TINY = mae.MAEConfig(image_size=4, patch_size=2, channels=1, dim=8, heads=2, depth=2, dtype="float64")
 # keys checked on the slower backends (every key on NumPy)
@@ -39,7 +41,7 @@ def _tiny_problem(xp, config, B=2):
         # N(0, 0.02²) class token: LayerNorm of a row that small is badly conditioned for FD
         params["cls_token"] = normal(xp, (config.dim,), seed + 1)
         images = normal(xp, (B, config.channels, config.image_size, config.image_size), seed + 2)
-        mask = mae.random_masking(np.arange(B), config.num_patches, config.mask_ratio, seed=seed)
+        mask = masking.random_masking(np.arange(B), config.num_patches, config.mask_ratio, seed=seed)
         _, cache = mae.mae_forward(params, images, mask, config)
         if _ista_margin(cache, config) > 0.01:
             return params, images, mask
@@ -73,7 +75,7 @@ def test_tied_decoder_adds_its_gradient_to_the_encoder_keys():
     params, images, mask = _tiny_problem(np_, config)
     _, grads, _ = mae.mae_loss_and_grads(params, images, mask, config)
     pred, cache = mae.mae_forward(params, images, mask, config)
-    _, loss_cache = mae.masked_mse_forward(pred, cache["patches"], mask)
+    _, loss_cache = mc_loss.masked_mse_forward(pred, cache["patches"], mask)
     # decoder layer 0 pairs with encoder layer 1, and shares its very arrays
     layer, keys = mc.decoder_layer_params(params, 0, config.depth, tie_encoder=True)
     assert layer["E"] is params["layers.1.D"] and keys["E"] == "layers.1.D"
@@ -99,7 +101,7 @@ def test_tied_decoder_adds_its_gradient_to_the_encoder_keys():
 @pytest.mark.parametrize("num_patches, ratio, masked", [(16, 0.75, 12), (64, 0.75, 48), (196, 0.75, 147),
                                                         (16, 0.5, 8), (10, 0.9, 9)])
 def test_masking_masks_exactly_the_fraction(num_patches, ratio, masked):
-    m = mae.random_masking(np.arange(50), num_patches, ratio, seed=3)
+    m = masking.random_masking(np.arange(50), num_patches, ratio, seed=3)
     assert m.shape == (50, num_patches) and m.dtype == bool
     assert np.all(m.sum(axis=1) == masked)
     distinct = min(40, math.comb(num_patches, masked))
@@ -107,21 +109,21 @@ def test_masking_masks_exactly_the_fraction(num_patches, ratio, masked):
 
 
 def test_masking_is_seeded_per_image():
-    a = mae.random_masking(np.arange(8), 16, 0.75, seed=1)
-    np.testing.assert_array_equal(a, mae.random_masking(np.arange(8), 16, 0.75, seed=1))
-    assert not np.array_equal(a, mae.random_masking(np.arange(8), 16, 0.75, seed=2))
+    a = masking.random_masking(np.arange(8), 16, 0.75, seed=1)
+    np.testing.assert_array_equal(a, masking.random_masking(np.arange(8), 16, 0.75, seed=1))
+    assert not np.array_equal(a, masking.random_masking(np.arange(8), 16, 0.75, seed=2))
     # an image's mask depends on its key only, not on the batch it is in
-    b = mae.random_masking(np.array([5, 0, 7]), 16, 0.75, seed=1)
+    b = masking.random_masking(np.array([5, 0, 7]), 16, 0.75, seed=1)
     np.testing.assert_array_equal(b, a[[5, 0, 7]])
     # training keys (epoch, index): new masks each epoch
-    e0 = mae.random_masking(np.stack([np.zeros(8, int), np.arange(8)], 1), 16, 0.75, seed=1)
-    e1 = mae.random_masking(np.stack([np.ones(8, int), np.arange(8)], 1), 16, 0.75, seed=1)
+    e0 = masking.random_masking(np.stack([np.zeros(8, int), np.arange(8)], 1), 16, 0.75, seed=1)
+    e1 = masking.random_masking(np.stack([np.ones(8, int), np.arange(8)], 1), 16, 0.75, seed=1)
     assert not np.array_equal(e0, e1)
     with pytest.raises(ValueError, match="mask_ratio"):
-        mae.random_masking(np.arange(2), 16, 1.0, seed=0)
+        masking.random_masking(np.arange(2), 16, 1.0, seed=0)
     with pytest.raises(ValueError, match="masks none of 16 patches"):
-        mae.random_masking(np.arange(2), 16, 1e-12, seed=0)
-    assert mae.random_masking(np.arange(2), 16, 1 / 16, seed=0).sum(axis=1).tolist() == [1, 1]
+        masking.random_masking(np.arange(2), 16, 1e-12, seed=0)
+    assert masking.random_masking(np.arange(2), 16, 1 / 16, seed=0).sum(axis=1).tolist() == [1, 1]
 
 
 def test_masked_pixels_never_reach_the_model(xp):
@@ -130,7 +132,7 @@ def test_masked_pixels_never_reach_the_model(xp):
     config = dataclasses.replace(TINY, image_size=8)  # 16 patches
     params = mae.init_mae_params(config, seed=0, backend=xp)
     images = normal(xp, (1, 1, 8, 8), 4)
-    mask = mae.random_masking(np.arange(1), 16, 0.75, seed=0)
+    mask = masking.random_masking(np.arange(1), 16, 0.75, seed=0)
     pred, _ = mae.mae_forward(params, images, mask, config)
     host = mc.to_numpy(images).copy()
     masked_i, visible_i = int(np.flatnonzero(mask[0])[0]), int(np.flatnonzero(~mask[0])[0])
@@ -160,24 +162,25 @@ def test_sincos_positions():
 def test_masked_mse_formula_and_gradient(xp):
     pred, target = normal(xp, (2, 4, 3), 0), normal(xp, (2, 4, 3), 1)
     mask = np.array([[True, False, True, False], [False, False, False, True]])
-    loss, cache = mae.masked_mse_forward(pred, target, mask)
+    loss, cache = mc_loss.masked_mse_forward(pred, target, mask)
     p, t = mc.to_numpy(pred), mc.to_numpy(target)
     expected = (((p - t) ** 2).mean(-1) * mask).sum() / mask.sum()
     assert float(loss) == pytest.approx(expected, rel=1e-12)
-    dpred = mae.masked_mse_backward(1.0, cache)
+    dpred = mc_loss.masked_mse_backward(1.0, cache)
     assert np.all(mc.to_numpy(dpred)[~mask] == 0)  # visible patches get no gradient
-    f = lambda pred: mae.masked_mse_forward(pred, target, mask)  # noqa: E731
+    f = lambda pred: mc_loss.masked_mse_forward(pred, target, mask)  # noqa: E731
     mc.check_vjp(f, {"pred": pred}, xp.asarray(1.0, dtype=xp.float64), {"pred": dpred}).raise_if_failed()
 
 
 def test_baseline_is_the_loss_of_the_mean_patch():
     rng = np.random.default_rng(0)
     train, test = rng.standard_normal((30, 1, 4, 4)), rng.standard_normal((7, 1, 4, 4))
-    base = mae.mean_patch_baseline(train, 2)
+    base = probe.mean_patch_baseline(train, 2)
     np.testing.assert_allclose(base[1], mc.to_numpy(mc.patchify(train, 2))[:, 1].mean(0))
-    mask = mae.random_masking(np.arange(7), 4, 0.75, seed=5)
-    direct, _ = mae.masked_mse_forward(np.broadcast_to(base, (7, 4, 4)).copy(), mc.to_numpy(mc.patchify(test, 2)), mask)
-    assert mae.baseline_masked_mse(base, test, dataclasses.replace(TINY), seed=5) == pytest.approx(float(direct))
+    mask = masking.random_masking(np.arange(7), 4, 0.75, seed=5)
+    direct, _ = mc_loss.masked_mse_forward(np.broadcast_to(base, (7, 4, 4)).copy(),
+                                           mc.to_numpy(mc.patchify(test, 2)), mask)
+    assert probe.baseline_masked_mse(base, test, dataclasses.replace(TINY), seed=5) == pytest.approx(float(direct))
 
 
 def test_config_validation_and_counts():
@@ -201,7 +204,7 @@ def test_linear_probe_on_separable_data():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 300)
     x = rng.standard_normal((300, 5)) * 0.1 + np.eye(5)[y]
-    r = mae.linear_probe(x[:200], y[:200], x[200:], y[200:])
+    r = probe.linear_probe(x[:200], y[:200], x[200:], y[200:])
     assert r["test_accuracy"] > 0.95
 
 
@@ -212,15 +215,17 @@ def test_train_mae_checkpoint_resume_and_metrics(tmp_path):
     """One epoch on digits, interrupted after 3 steps and resumed, gives the
     same parameters as an uninterrupted run; metrics.json has the MSE, the
     baseline and the probe; the reconstruct command draws its figure."""
+    from minicrate.training import mae as mae_training
     from minicrate.training.classifier import TrainConfig
 
     config = mae.mae_preset("digits", dim=16, depth=1, heads=2)
     tc = TrainConfig(data="digits", epochs=1, batch_size=256, lr=2e-3, warmup_epochs=0, shift=0)
-    full = mae.train_mae(config, tc, tmp_path / "a", progress=False, probe=False, log=lambda s: None)
-    part = mae.train_mae(config, tc, tmp_path / "b", progress=False, probe=False, stop_after_steps=3,
+    full = mae_training.train_mae(config, tc, tmp_path / "a", progress=False, probe=False, log=lambda s: None)
+    part = mae_training.train_mae(config, tc, tmp_path / "b", progress=False, probe=False, stop_after_steps=3,
                          log=lambda s: None)
     assert part["status"] == "interrupted"
-    done = mae.train_mae(config, tc, tmp_path / "b", resume=True, progress=False, probe=True, log=lambda s: None)
+    done = mae_training.train_mae(config, tc, tmp_path / "b", resume=True, progress=False, probe=True,
+                                  log=lambda s: None)
     for k in full["params"]:
         np.testing.assert_array_equal(mc.to_numpy(full["params"][k]), mc.to_numpy(done["params"][k]))
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
@@ -229,7 +234,7 @@ def test_train_mae_checkpoint_resume_and_metrics(tmp_path):
     assert metrics["baseline_masked_mse"] > 0 and metrics["masked_per_image"] == 12
     assert 0 <= metrics["linear_probe"]["features"]["test_accuracy"] <= 1
     assert metrics["history"][-1]["test_mse"] == pytest.approx(metrics["test_masked_mse"])
-    params, cfg, extra = mae.load_mae_run(tmp_path / "b")
+    params, cfg, extra = mae_training.load_mae_run(tmp_path / "b")
     assert cfg == config and extra["status"] == "completed"
     assert os.path.exists(tmp_path / "b" / "curves.png")
     from minicrate.cli import main
@@ -237,6 +242,19 @@ def test_train_mae_checkpoint_resume_and_metrics(tmp_path):
     assert main(["reconstruct", str(tmp_path / "b"), "--out", str(tmp_path / "r.png"), "--count", "4"]) == 0
     assert os.path.getsize(tmp_path / "r.png") > 1000
 
+
+
+def test_train_mae_caps_a_warmup_longer_than_the_run(tmp_path):
+    """`train-mae --epochs 1 --warmup 2` runs (the warm-up is cut to the run), as `train` does."""
+    from minicrate.training.classifier import TrainConfig
+    from minicrate.training.mae import train_mae
+
+    config = mae.mae_preset("digits", dim=16, depth=1, heads=2)
+    tc = TrainConfig(data="digits", epochs=1, batch_size=512, lr=2e-3, warmup_epochs=2, shift=0)
+    result = train_mae(config, tc, tmp_path, progress=False, probe=False, log=lambda s: None)
+    assert result["status"] == "completed" and result["steps"] == 3
+    # still warming up at the last step: lr = base · (step + 1) / warm-up steps
+    assert result["history"][-1]["lr"] == pytest.approx(2e-3)
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_fused_layers_give_the_same_loss_and_gradients(tie):

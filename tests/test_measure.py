@@ -9,14 +9,13 @@ from minicrate.core import checkpoint as ckpt
 from minicrate.data.images import load
 from minicrate.measure.layerwise import (
     attention_maps,
-    attention_run,
     format_table,
     layerwise,
     layerwise_comparison,
-    measure_run,
 )
 from minicrate.models.classifier import CRATEConfig, forward, init_params, intermediates
 from minicrate.objective.rates import measured_compression_rate, nonzero_fraction
+from minicrate.runs import attention_run, measure_run
 from minicrate.training.classifier import TrainConfig
 
 TINY = CRATEConfig(image_size=8, patch_size=4, dim=16, depth=3, heads=2, num_classes=10)

@@ -15,7 +15,8 @@ import pytest
 
 import minicrate as mc
 from minicrate.training.parallel import threads as parallel
-from minicrate.training.parallel.procpool import ProcessPool, SharedBlock, _shm_dir
+from minicrate.training.parallel.procpool import ProcessPool
+from minicrate.training.parallel.shared import SharedBlock, shm_dir
 
 pytestmark = [pytest.mark.skipif(os.name != "posix", reason="worker processes need POSIX pipes"),
               pytest.mark.xdist_group("procpool")]
@@ -138,7 +139,7 @@ def test_processes_need_numpy_and_two_workers():
 
 
 def test_shared_blocks_leave_no_files(pool):
-    before = {f for f in os.listdir(_shm_dir()) if f.startswith("minicrate-")}
+    before = {f for f in os.listdir(shm_dir()) if f.startswith("minicrate-")}
     block = SharedBlock({"a": ((3, 4), np.float32), "b": ((5,), np.int64)})
     other = SharedBlock(**block.spec)
     other.arrays["a"][...] = 2.0
@@ -149,7 +150,7 @@ def test_shared_blocks_leave_no_files(pool):
     block.close()
     params = mc.init_params(CONFIG, seed=1)
     pool.loss_and_grads(params, *_batch(5))
-    after = {f for f in os.listdir(_shm_dir()) if f.startswith("minicrate-")}
+    after = {f for f in os.listdir(shm_dir()) if f.startswith("minicrate-")}
     assert after <= before
 
 

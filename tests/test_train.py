@@ -184,3 +184,23 @@ def test_bad_configs_are_refused(tmp_path):
         recipe("cifar")
     with pytest.raises(TypeError, match="TrainConfig"):
         train(TINY, {"epochs": 1}, tmp_path)
+
+
+def test_a_warmup_longer_than_the_run_is_cut_to_it(tmp_path):
+    """``--epochs 1 --warmup 2`` runs: the warm-up ends with the run (the loop caps it for every task)."""
+    result = train(TINY, _tc(epochs=1, warmup_epochs=2, batch_size=512), tmp_path, progress=False,
+                   log=_quiet)
+    assert result["status"] == "completed" and result["steps"] == 3
+    assert result["history"][-1]["lr"] == pytest.approx(3e-3)
+
+
+def test_train_mae_cli_caps_the_warmup(tmp_path):
+    """``minicrate train-mae --data digits --epochs 1 --warmup 2`` completes (it used to raise)."""
+    from minicrate.cli import main
+
+    out = tmp_path / "mae"
+    code = main(["train-mae", "--data", "digits", "--epochs", "1", "--warmup", "2", "--dim", "16",
+                 "--depth", "1", "--heads", "2", "--batch", "512", "--no-probe", "--no-progress",
+                 "--out", str(out)])
+    assert code == 0
+    assert json.loads((out / "metrics.json").read_text())["status"] == "completed"

@@ -20,7 +20,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from minicrate.measure.layerwise import attention_run
+    from minicrate.runs import attention_run
 
     png = attention_run(
         args.path,

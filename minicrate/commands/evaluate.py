@@ -20,11 +20,12 @@ def add_arguments(p):
 def run(args):
     import numpy as np
 
-    from minicrate.measure.layerwise import _run_context
     from minicrate.models.classifier import describe
-    from minicrate.training.classifier import evaluate, limit_threads
+    from minicrate.runs import run_context
+    from minicrate.training.classifier import evaluate
+    from minicrate.training.rundir import limit_threads
 
-    params, config, _, split, _ = _run_context(args.path, args.data, args.backend)
+    params, config, _, split, _ = run_context(args.path, args.data, args.backend)
     with limit_threads(args.threads):
         result = evaluate(params, config, split.x_test, split.y_test)
     print(describe(config, params))

@@ -18,7 +18,8 @@ def add_arguments(p):
 
 
 def run(args):
-    from minicrate.measure.layerwise import format_table, measure_run
+    from minicrate.measure.layerwise import format_table
+    from minicrate.runs import measure_run
 
     result, json_path, png = measure_run(
         args.path,

@@ -29,9 +29,11 @@ def run(args):
     import os
     import time
 
-    from minicrate.measure.layerwise import attention_run, format_table, measure_run
+    from minicrate.measure.layerwise import format_table
     from minicrate.models.classifier import describe
-    from minicrate.training.classifier import TrainingInterrupted, limit_threads, recipe, train
+    from minicrate.runs import attention_run, measure_run
+    from minicrate.training.classifier import recipe, train
+    from minicrate.training.rundir import TrainingInterrupted, limit_threads
 
     start = time.perf_counter()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}

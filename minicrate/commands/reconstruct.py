@@ -24,8 +24,10 @@ def reconstruct_figure(path, *, count=8, out=None, backend="numpy"):
     import numpy as np
 
     from minicrate.core.backend import get_backend, host_to, to_numpy
-    from minicrate.measure.plotting import _figure, _save
-    from minicrate.models.mae import load_mae_run, load_split, random_masking, reconstruct
+    from minicrate.measure.plotting import figure, save_figure
+    from minicrate.models.mae import reconstruct
+    from minicrate.models.masking import random_masking
+    from minicrate.training.mae import load_mae_run, load_split
 
     if count < 1:
         raise ValueError(f"--count must be >= 1, got {count}")
@@ -45,7 +47,7 @@ def reconstruct_figure(path, *, count=8, out=None, backend="numpy"):
     pix_mask = np.kron(mask.reshape(-1, g, g), np.ones((P, P), dtype=bool))  # (n, H, W)
     mse = float(((pred - split.x_test[idx]) ** 2)[:, 0][pix_mask].mean())
     show = lambda a: np.clip(a * split.std + split.mean, 0, 1)  # noqa: E731
-    fig = _figure(max(1.1 * count + 0.8, 4.0), 4.0)
+    fig = figure(max(1.1 * count + 0.8, 4.0), 4.0)
     axes = fig.subplots(3, count, squeeze=False)
     for j in range(count):
         masked = np.ma.masked_array(show(split.x_test[idx[j], 0]), mask=pix_mask[j])
@@ -69,7 +71,7 @@ def reconstruct_figure(path, *, count=8, out=None, backend="numpy"):
     if out is None:
         base = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
         out = os.path.join(base, "reconstruct.png")
-    return _save(fig, out), mse
+    return save_figure(fig, out), mse
 
 
 def run(args):

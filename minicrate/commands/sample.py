@@ -26,7 +26,7 @@ def add_arguments(p):
 def run(args):
     from minicrate.commands.train_lm import load_run
     from minicrate.core.validate import finite_checks
-    from minicrate.models import lm
+    from minicrate.models import sampling
     from minicrate.training.parallel.threads import one_thread_blas
 
     params, config, vocab, _ = load_run(args.run, backend=args.backend)
@@ -34,9 +34,9 @@ def run(args):
     # One sequence at a time: small products, where BLAS threads only add overhead.
     with finite_checks(False), one_thread_blas():
         if config.causal:
-            text = lm.generate(params, config, vocab, prompt, args.length,
+            text = sampling.generate(params, config, vocab, prompt, args.length,
                                temperature=args.temperature, top_k=args.top_k, seed=args.seed)
         else:
-            text, _ = lm.fill_masks(params, config, vocab, prompt, mask_char=args.mask_char)
+            text, _ = sampling.fill_masks(params, config, vocab, prompt, mask_char=args.mask_char)
     print(text)
     return 0

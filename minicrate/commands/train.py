@@ -105,7 +105,8 @@ def run(args):
     import os
 
     from minicrate.models.classifier import describe
-    from minicrate.training.classifier import TrainingInterrupted, limit_threads, train
+    from minicrate.training.classifier import train
+    from minicrate.training.rundir import TrainingInterrupted, limit_threads
 
     model_config, train_config = configs_from_args(args)
     out = args.out or os.path.join("runs", args.data)

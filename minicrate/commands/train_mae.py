@@ -48,7 +48,8 @@ def configs_from_args(args):
     """``(MAEConfig, TrainConfig)``: the recipe of ``args.data`` with the options applied."""
     import dataclasses
 
-    from minicrate.models.mae import mae_preset, mae_recipe
+    from minicrate.models.mae import mae_preset
+    from minicrate.training.mae import mae_recipe
 
     model_config, train_config = mae_recipe(args.data)
     if args.preset:
@@ -73,8 +74,9 @@ def configs_from_args(args):
 def run(args):
     import os
 
-    from minicrate.models.mae import mae_param_count, train_mae
-    from minicrate.training.classifier import TrainingInterrupted, limit_threads
+    from minicrate.models.mae import mae_param_count
+    from minicrate.training.mae import train_mae
+    from minicrate.training.rundir import TrainingInterrupted, limit_threads
 
     model_config, train_config = configs_from_args(args)
     out = args.out or os.path.join("runs", f"mae-{args.data}")

@@ -226,16 +226,21 @@ def read_header(path):
     return meta
 
 
-def load(path, *, expect_config=None):
+def load(path, *, expect_config=None, config_cls=None):
     """Read a checkpoint written by :func:`save`.
 
     Args:
         path: the ``.npz`` file.
         expect_config: if given, the stored config must equal it
             (:func:`check_config`), else :class:`CheckpointError`.
+        config_cls: the dataclass the stored config is rebuilt as (e.g. the
+            classifier's ``CRATEConfig``); default: ``type(expect_config)`` when
+            that is a dataclass, else the stored dict is returned as it is.  The
+            checkpoint module never imports a model: the caller names the class.
     Returns:
-        ``(params, config, extra)``: NumPy arrays by key, the config as a
-        :class:`~minicrate.models.classifier.CRATEConfig`, and the ``extra`` dict as saved.
+        ``(params, config, extra)``: NumPy arrays by key, the config (a
+        ``config_cls``, a dict, or ``None`` when none was stored) and the
+        ``extra`` dict as saved.
     """
     archive, meta = _open(path)
     source = _fspath(path)
@@ -255,30 +260,34 @@ def load(path, *, expect_config=None):
         extra = _join_extra(meta.get("extra", {}), arrays)
     except KeyError as err:
         raise CheckpointError(f"{source!r} lacks the array {err} named in its header") from None
-    config = config_from_dict(meta.get("config"), source=source)
+    if config_cls is None and dataclasses.is_dataclass(expect_config):
+        config_cls = type(expect_config)
+    config = config_from_dict(meta.get("config"), source=source, config_cls=config_cls)
     if expect_config is not None:
         check_config(config, expect_config, source=source)
     return params, config, extra
 
 
-def config_from_dict(data, *, source="checkpoint"):
-    """A :class:`~minicrate.models.classifier.CRATEConfig` from its dict, or a clear error."""
+def config_from_dict(data, *, source="checkpoint", config_cls=None):
+    """A ``config_cls`` (a dataclass) from its stored dict, or a clear error.
+
+    ``config_cls=None`` returns a copy of the dict (``None`` stays ``None``).
+    """
     if data is None:
         return None
-    from minicrate.models.classifier import CRATEConfig
-
-    names = {f.name for f in dataclasses.fields(CRATEConfig)}
+    if config_cls is None:
+        return dict(data)
+    name = config_cls.__name__
+    names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise CheckpointError(
-            f"{source}: config has fields this minicrate's CRATEConfig does not know: {unknown}"
+            f"{source}: config has fields this minicrate's {name} does not know: {unknown}"
         )
     try:
-        return CRATEConfig(**data)
+        return config_cls(**data)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"{source}: stored config is not a valid CRATEConfig ({err})"
-        ) from None
+        raise CheckpointError(f"{source}: stored config is not a valid {name} ({err})") from None
 
 
 def check_config(stored, expected, *, source="checkpoint"):

@@ -29,16 +29,19 @@ The released code ties nothing (spec §5.3).  Tying is done by handing the
 backward adds the decoder's gradients into the encoder's keys
 (:func:`accumulate`), so the shared parameter receives the sum of both uses.
 
-Inverse demonstrations (spec §5.1), each tested in ``tests/test_decoder.py``:
+Inverse demonstrations (spec §5.1; :mod:`minicrate.measure.roundtrip`), each tested in
+``tests/test_decoder.py`` (the fused layer for training speed is
+:mod:`minicrate.layers.fused.decoder`):
 
-* :func:`mssa_roundtrip` -- in the paper form, one decoder MSSA step with step
+* :func:`~minicrate.measure.roundtrip.mssa_roundtrip` -- in the paper form, one decoder MSSA step with step
   size κ after one encoder MSSA step with step size κ returns the tokens up to
   an error of order κ²: with M(Z) = MSSA(Z | U),
   ``Z + κM(Z) − κM(Z + κM(Z)) = Z − κ² J_M(Z)M(Z) + O(κ³)``.  It is the
   forward-then-backward Euler pair of one flow, so it inverts to first order
   in the step, for any tokens; tokens near a union of incoherent subspaces
   (the data model of spec §1.5) are where the step means denoising.
-* :func:`ista_iterate` / :func:`synthesize` -- the linear map inverts ISTA
+* :func:`~minicrate.measure.roundtrip.ista_iterate` /
+  :func:`~minicrate.measure.roundtrip.synthesize` -- the linear map inverts ISTA
   *up to the threshold*: for a complete orthogonal dictionary D and an input
   X = S Dᵀ with a non-negative code S, the non-negative LASSO solution is
   exactly ReLU(S − λ), so the synthesis ReLU(S − λ) Dᵀ differs from X by at
@@ -51,9 +54,7 @@ Inverse demonstrations (spec §5.1), each tested in ``tests/test_decoder.py``:
 
 from __future__ import annotations
 
-import math
-
-from minicrate.core.backend import device_of, namespace
+from minicrate.core.backend import namespace
 from minicrate.core.validate import check_array, check_cache, check_cotangent, check_int, check_keys, check_positive
 from minicrate.layers.mssa import mssa_backward, mssa_forward
 from minicrate.ops.functional import linear_backward, linear_forward
@@ -203,201 +204,3 @@ def accumulate(grads, layer_grads, keys):
         flat = keys[name]
         grads[flat] = g if flat not in grads else grads[flat] + g
     return grads
-
-
-# --------------------------------------------------------------------------
-# Inverse demonstrations (spec §5.1)
-
-
-def _eye_like(Z):
-    xp = namespace(Z)
-    return xp.eye(Z.shape[-1], dtype=Z.dtype, device=device_of(Z))
-
-
-def encoder_mssa_step(Z, U, kappa):
-    r"""The paper-form compression step :math:`Z + \kappa\,\mathrm{MSSA}(Z\mid U)`
-    (tied output, temperature 1, no LayerNorm; spec §2.2 step 6 with step size κ)."""
-    kappa = check_positive(kappa, "kappa", allow_zero=True)
-    M, _ = mssa_forward(Z, U, None, None, scale=1.0, tied_scale=kappa)
-    return Z + M
-
-
-def decoder_mssa_step(Z, U, kappa):
-    r"""The paper-form decoder layer with ``E = I``: :math:`Z - \kappa\,\mathrm{MSSA}(Z\mid U)`
-    (it runs :func:`decoder_layer_forward` itself, so the test exercises the layer)."""
-    kappa = check_positive(kappa, "kappa", allow_zero=True)
-    Y, _ = decoder_layer_forward(Z, {"E": _eye_like(Z), "U": U}, tied_scale=kappa, **PAPER_FORM)
-    return Y
-
-
-def mssa_roundtrip(Z, U, kappa):
-    """One encoder MSSA step then one decoder MSSA step, both with step size κ
-    and the same bases U; returns the reconstructed tokens (error O(κ²))."""
-    return decoder_mssa_step(encoder_mssa_step(Z, U, kappa), U, kappa)
-
-
-def roundtrip_errors(Z, U, kappas):
-    """Relative errors ‖roundtrip(Z) − Z‖_F / ‖Z‖_F for each κ (a list of floats)."""
-    xp = namespace(Z, U)
-    norm = float(xp.linalg.vector_norm(Z))
-    return [float(xp.linalg.vector_norm(mssa_roundtrip(Z, U, k) - Z)) / norm for k in kappas]
-
-
-def loglog_slope(xs, ys):
-    """Least-squares slope of log y against log x (the order of an error law)."""
-    lx = [math.log(x) for x in xs]
-    ly = [math.log(y) for y in ys]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
-
-
-def synthesize(A, D):
-    r"""The decoder's linear map with the dictionary itself, :math:`A D^\top`
-    (the row form of the paper's synthesis :math:`D A`), shape of ``A``."""
-    Y, _ = linear_forward(A, D)
-    return Y
-
-
-def ista_iterate(X, D, *, eta=0.1, lam=0.1, steps=1):
-    r"""``steps`` proximal-gradient iterations on the non-negative LASSO of spec §3.1,
-    :math:`A_{t+1} = \mathrm{ReLU}(A_t + \eta(X - A_tD^\top)D - \eta\lambda)`,
-    warm-started at ``A_0 = X`` as in the code; ``steps=1`` is exactly
-    :func:`minicrate.ista_forward`.  Used to show in what sense synthesis
-    inverts ISTA (see the module docstring).
-
-    Returns:
-        the code A, X's shape, A >= 0.
-    """
-    from minicrate.layers.ista import ista_forward
-
-    if int(steps) < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    xp = namespace(X, D)
-    A, _ = ista_forward(X, D, eta=eta, lam=lam)
-    for _ in range(int(steps) - 1):
-        P = A + eta * ((X - synthesize(A, D)) @ D) - eta * lam
-        A = xp.where(P > 0, P, xp.zeros_like(P))
-    return A
-
-
-# --------------------------------------------------------------------------
-# The fused decoder layer (official form), for training speed
-
-
-def fast_supports(*, tie_out=False, use_layernorm=True, **_):
-    """True when :func:`fast_decoder_layer_forward` implements these switches
-    (the released form: learned W_out, LayerNorms)."""
-    return not tie_out and use_layernorm
-
-
-def fast_decoder_layer_forward(Z, params, *, scale=None, causal=False, ln_eps=1e-5, **unused):
-    r""":func:`decoder_layer_forward` in the released form, fused the way
-    :mod:`minicrate.layers.fused.encoder` fuses the encoder layer: every per-token map is one
-    product on the flattened ``(B·N, d)`` rows, the heads are one contiguous
-    ``(B·K, N, p)`` block, the (symmetric-score) attention is stored transposed
-    and cheap intermediates are recomputed in backward.  Same mathematics;
-    ``tests/test_decoder.py`` checks it against the plain layer.
-
-    Returns:
-        ``(Y, cache)``, Y of Z's shape.
-    """
-    from minicrate.core.validate import check_heads, check_same_kind
-    from minicrate.layers.fused.encoder import (
-        _affine,
-        _bases_matrix,
-        _normalise,
-        _softmax_transposed,
-        _to_heads,
-        _to_tokens,
-    )
-
-    if not fast_supports(**unused):
-        raise ValueError(f"the fused decoder layer implements the released form only, got {unused}")
-    check_array(Z, "Z", min_ndim=2)
-    E, U, W_out, b_out = params["E"], params["U"], params["W_out"], params.get("b_out")
-    *_, N, d = Z.shape
-    K, p = check_heads(U, d)
-    check_same_kind(Z=Z, E=E, U=U, W_out=W_out, b_out=b_out)
-    check_array(E, "E", shape=(d, d), ndim=2, finite=False)
-    check_array(W_out, "W_out", shape=(d, K * p), ndim=2, finite=False)
-    scale = 1.0 / math.sqrt(p) if scale is None else check_positive(scale, "scale")
-    xp = namespace(Z, U)
-    Z2 = xp.reshape(Z, (-1, d))
-    Bf = Z2.shape[0] // N
-    Xh1, _, inv1 = _normalise(xp, Z2, ln_eps)
-    Zh = _affine(Xh1, params["ln1_gamma"], params["ln1_beta"]) @ xp.matrix_transpose(E)  # Z^{l+1/2}
-    Xh2, _, inv2 = _normalise(xp, Zh, ln_eps)
-    X2 = _affine(Xh2, params["ln2_gamma"], params["ln2_beta"])
-    Wh = _to_heads(xp, X2 @ _bases_matrix(xp, U), Bf, N, K, p)
-    del X2
-    S = Wh @ xp.matrix_transpose(Wh)
-    S *= scale
-    At = _softmax_transposed(xp, S, causal)
-    H = _to_tokens(xp, xp.matrix_transpose(At) @ Wh, Bf, N, K, p)
-    M = H @ xp.matrix_transpose(W_out)
-    del H
-    if b_out is not None:
-        M += b_out
-    Y = Zh - M
-    cache = {"Xh1": Xh1, "inv1": inv1, "Xh2": Xh2, "inv2": inv2, "Wh": Wh, "At": At, "params": params,
-             "scale": scale, "dims": (Bf, N, K, p, d), "has_bias": b_out is not None, "shape": Z.shape}
-    return xp.reshape(Y, Z.shape), cache
-
-
-def fast_decoder_layer_backward(dY, cache):
-    """Backward of :func:`fast_decoder_layer_forward` (spec §8.5, the steps of
-    :func:`decoder_layer_backward`) -> ``(dZ, grads)`` keyed like the params."""
-    from minicrate.layers.fused.encoder import (
-        _affine,
-        _bases_matrix,
-        _column_sums,
-        _layernorm_backward,
-        _to_heads,
-        _to_tokens,
-    )
-
-    check_cache(cache, "fast_decoder_layer_forward", keys=("Xh1", "inv1", "Xh2", "inv2", "Wh", "At", "params"))
-    check_cotangent(dY, cache["shape"], cache["Xh1"])
-    params = cache["params"]
-    Bf, N, K, p, d = cache["dims"]
-    E, U, W_out = params["E"], params["U"], params["W_out"]
-    Wh, At, Xh1, Xh2, scale = cache["Wh"], cache["At"], cache["Xh1"], cache["Xh2"], cache["scale"]
-    xp = namespace(dY, U)
-    grads = {}
-    dY2 = xp.reshape(dY, (-1, d))
-    dM = -dY2  # the MSSA branch is subtracted
-    A = xp.matrix_transpose(At)
-    H = _to_tokens(xp, A @ Wh, Bf, N, K, p)
-    grads["W_out"] = xp.matrix_transpose(dM) @ H
-    del H
-    if cache["has_bias"]:
-        grads["b_out"] = _column_sums(xp, dM)
-    dO = _to_heads(xp, dM @ W_out, Bf, N, K, p)
-    dAt = Wh @ xp.matrix_transpose(dO)
-    dAt -= xp.expand_dims(_column_sums(xp, At * dAt), axis=-2)
-    dAt *= At  # S̄ᵀ
-    dSym = dAt + xp.matrix_transpose(dAt)
-    del dAt
-    dSym *= scale
-    dWh = At @ dO
-    del dO
-    dWh += dSym @ Wh
-    del dSym
-    dWf = _to_tokens(xp, dWh, Bf, N, K, p)
-    del dWh
-    X2 = _affine(Xh2, params["ln2_gamma"], params["ln2_beta"])
-    grads["U"] = xp.permute_dims(xp.reshape(xp.matrix_transpose(X2) @ dWf, (d, K, p)), (1, 0, 2))
-    del X2
-    dX2 = dWf @ xp.matrix_transpose(_bases_matrix(xp, U))
-    del dWf
-    dZh, grads["ln2_gamma"], grads["ln2_beta"] = _layernorm_backward(xp, dX2, Xh2, cache["inv2"],
-                                                                     params["ln2_gamma"])
-    dZh += dY2  # the skip around MSSA
-    X1 = _affine(Xh1, params["ln1_gamma"], params["ln1_beta"])
-    grads["E"] = xp.matrix_transpose(dZh) @ X1
-    del X1
-    dX1 = dZh @ E
-    dZ, grads["ln1_gamma"], grads["ln1_beta"] = _layernorm_backward(xp, dX1, Xh1, cache["inv1"],
-                                                                    params["ln1_gamma"])
-    grads = {k: grads[k] if k in grads else xp.zeros_like(v) for k, v in params.items()}
-    return xp.reshape(dZ, cache["shape"]), grads

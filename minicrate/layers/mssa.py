@@ -36,36 +36,7 @@ from minicrate.core.validate import (
     check_same_kind,
 )
 from minicrate.ops.functional import softmax, softmax_backward
-
-
-def heads_to_tokens(O):
-    """(..., K, N, p) -> (..., N, K·p): concatenate the heads along features."""
-    xp = namespace(O)
-    K, N, p = O.shape[-3:]
-    moved = xp.permute_dims(O, (*range(O.ndim - 3), O.ndim - 2, O.ndim - 3, O.ndim - 1))
-    return xp.reshape(moved, (*O.shape[:-3], N, K * p))
-
-
-def tokens_to_heads(H, K):
-    """(..., N, K·p) -> (..., K, N, p): the inverse of :func:`heads_to_tokens`."""
-    xp = namespace(H)
-    N, Kp = H.shape[-2:]
-    split = xp.reshape(H, (*H.shape[:-2], N, K, Kp // K))
-    return xp.permute_dims(split, (*range(split.ndim - 3), split.ndim - 2, split.ndim - 3, split.ndim - 1))
-
-
-def bases_as_matrix(U):
-    """U (K, d, p) -> [U_1 … U_K] of shape (d, K·p): the paper's tied output map."""
-    xp = namespace(U)
-    K, d, p = U.shape
-    return xp.reshape(xp.permute_dims(U, (1, 0, 2)), (d, K * p))
-
-
-def causal_mask(N, like):
-    """Boolean (N, N), True where token i may attend to token j (j <= i)."""
-    xp = namespace(like)
-    idx = xp.arange(N, device=device_of(like))
-    return idx[:, None] >= idx[None, :]
+from minicrate.ops.heads import bases_as_matrix, causal_mask, heads_to_tokens, tokens_to_heads
 
 
 def _check_mssa_args(Z, U, W_out, b_out, scale):

@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from minicrate.core.backend import device_of, host_to, namespace, to_numpy
-from minicrate.core.validate import finite_checks
+from minicrate.core.validate import check_positive, finite_checks
+from minicrate.models import lm
 from minicrate.models.classifier import forward, intermediates
 from minicrate.objective.rates import measured_compression_rate, nonzero_fraction
 
@@ -63,6 +64,38 @@ def layerwise(params, config, images, *, batch_size=250, eps_sq=0.01):
         "nonzero_std": [float(v.std()) for v in nz],
         "n_images": int(len(images)),
     }
+
+
+def lm_layerwise(params, config, tokens, *, eps_sq=0.01):
+    """The paper's layer-wise measurements (spec §6.1) on text windows.
+
+    For each layer ℓ and each window (one window plays the part of one image):
+    the measured compression R^c of the MSSA input LN₁(Z^ℓ) (unit-normalised
+    head projections, ½ logdet(I + p/(N·eps_sq) ŴŴᵀ) summed over heads,
+    :func:`minicrate.objective.rates.measured_compression_rate`) and the fraction of
+    non-zero entries of the ISTA output Z^{ℓ+1}.
+
+    Args:
+        tokens: ids ``(B, N)`` (for the masked model, include mask ids if wanted).
+
+    Returns:
+        dict of lists over layers: ``rc``, ``rc_std``, ``nonzero``, ``nonzero_std``.
+    """
+    eps_sq = check_positive(eps_sq, "eps_sq")
+    _, cache = lm.forward(params, tokens, config)
+    inter = lm.intermediates(cache)
+    out = {"rc": [], "rc_std": [], "nonzero": [], "nonzero_std": []}
+    for layer in range(config.depth):
+        U = params[f"layers.{layer}.U"]
+        rc = to_numpy(measured_compression_rate(inter["mssa_inputs"][layer], U, eps_sq=eps_sq,
+                                                reduction="none")).astype("float64")
+        nz = to_numpy(nonzero_fraction(inter["ista_outputs"][layer], reduction="none"))
+        nz = nz.astype("float64")
+        out["rc"].append(float(rc.mean()))
+        out["rc_std"].append(float(rc.std()))
+        out["nonzero"].append(float(nz.mean()))
+        out["nonzero_std"].append(float(nz.std()))
+    return out
 
 
 def layerwise_comparison(trained_params, init_params, config, images, **kwargs):
@@ -119,117 +152,3 @@ def attention_maps(params, config, images, *, layer=-1):
     g = config.image_size // config.patch_size
     maps = A[:, :, 0, 1:].reshape(A.shape[0], A.shape[1], g, g)
     return maps, to_numpy(xp.argmax(logits, axis=-1))
-
-
-# -- run directories ----------------------------------------------------------
-def _run_context(run_or_file, data=None, backend="numpy"):
-    """Parameters, config, recipe and test split of a run (or a checkpoint)."""
-    import os
-
-    from minicrate.data import images as datasets
-    from minicrate.training.classifier import checkpoint_path, load_run
-
-    path = checkpoint_path(run_or_file)
-    params, config, extra = load_run(path, backend=backend)
-    recipe = extra.get("train_config", {})
-    name = data or recipe.get("data") or {8: "digits", 28: "mnist"}.get(config.image_size)
-    if name is None:
-        raise ValueError(f"cannot tell which data set {path!r} was trained on; pass --data")
-    split = datasets.load(name, test_size=recipe.get("test_size"), seed=recipe.get("split_seed", 0))
-    if split.image_size != config.image_size:
-        raise ValueError(
-            f"{path!r} is a model for {config.image_size}×{config.image_size} images, "
-            f"but {name!r} has {split.image_size}×{split.image_size}"
-        )
-    out_dir = os.path.dirname(os.path.abspath(path))
-    return params, config, recipe, split, out_dir
-
-
-def measure_run(
-    run_or_file, *, n_images=500, subset="test", out_dir=None, data=None, backend="numpy"
-):
-    """Measure a run's latest checkpoint against its initialisation; write
-    ``measure.json`` and ``measure.png`` (into the run directory by default).
-
-    Returns:
-        ``(result, json_path, png_path)``.
-    """
-    import json
-    import os
-
-    from minicrate.measure.plotting import plot_layerwise
-    from minicrate.models.classifier import init_params
-
-    params, config, recipe, split, default_dir = _run_context(run_or_file, data, backend)
-    if subset not in ("test", "train"):
-        raise ValueError(f"subset must be 'test' or 'train', got {subset!r}")
-    if n_images < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}")
-    images = (split.x_test if subset == "test" else split.x_train)[:n_images]
-    seed = int(recipe.get("seed", 0))
-    init = init_params(config, seed=seed, backend=namespace(params["head.W"]), dtype=config.dtype)
-    result = layerwise_comparison(params, init, config, images)
-    result.update(
-        checkpoint=os.path.abspath(_ckpt(run_or_file)),
-        subset=subset,
-        data=split.name,
-        init_seed=seed,
-    )
-    out_dir = out_dir or default_dir
-    os.makedirs(out_dir, exist_ok=True)
-    json_path = os.path.join(out_dir, "measure.json")
-    with open(json_path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(json_path + ".tmp", json_path)
-    png = plot_layerwise(
-        result,
-        os.path.join(out_dir, "measure.png"),
-        title=f"CRATE on {split.name}: layer-wise $R^c$ and sparsity, "
-        f"{len(images)} {subset} images",
-    )
-    return result, json_path, png
-
-
-def attention_run(run_or_file, *, n_images=4, layer=-1, out=None, data=None, backend="numpy"):
-    """Figure of the class token's attention per head for the first test
-    image of each of ``n_images`` classes; returns the PNG path."""
-    import os
-
-    from minicrate.measure.plotting import plot_attention
-
-    params, config, _, split, default_dir = _run_context(run_or_file, data, backend)
-    if n_images < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}")
-    picks = []
-    for c in range(split.num_classes):  # one image per class, in class order
-        hits = np.flatnonzero(split.y_test == c)
-        if hits.size:
-            picks.append(int(hits[0]))
-    picks = (picks + [i for i in range(len(split.y_test)) if i not in picks])[:n_images]
-    images = split.x_test[picks]
-    maps, preds = attention_maps(params, config, images, layer=layer)
-    shown = layer % config.depth + 1
-    note = (
-        ""
-        if config.pool == "cls"
-        else " (this model pools by the mean; the class token still attends)"
-    )
-    return plot_attention(
-        images,
-        maps,
-        split.y_test[picks],
-        preds,
-        out or os.path.join(default_dir, "attention.png"),
-        layer=shown,
-        patch_size=config.patch_size,
-        title=(
-            f"class-token attention per head, layer {shown} of {config.depth}{note}\n"
-            "each patch's share of the class token's softmax row (the rest is on itself)"
-        ),
-    )
-
-
-def _ckpt(run_or_file):
-    from minicrate.training.classifier import checkpoint_path
-
-    return checkpoint_path(run_or_file)

@@ -12,13 +12,15 @@ import os
 import numpy as np
 
 
-def _figure(width, height):
+def figure(width, height):
+    """A new ``width`` × ``height`` inch Figure (constrained layout, no pyplot)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
-def _save(fig, path):
+def save_figure(fig, path):
+    """Write ``fig`` to the PNG ``path`` atomically (parent folders made); returns ``path``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.png"
     fig.savefig(tmp)
@@ -29,7 +31,7 @@ def _save(fig, path):
 def plot_curves(history, path, *, title="training"):
     """Two panels: train/test loss and train/test accuracy per epoch."""
     epochs = [h["epoch"] for h in history]
-    fig = _figure(9, 3.4)
+    fig = figure(9, 3.4)
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, label="train")
     ax1.plot(epochs, [h["test_loss"] for h in history], "s-", ms=3, label="test")
@@ -42,7 +44,7 @@ def plot_curves(history, path, *, title="training"):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_layerwise(result, path, *, title=None):
@@ -55,7 +57,7 @@ def plot_layerwise(result, path, *, title=None):
         result: the dict of :func:`minicrate.measure.layerwise.layerwise_comparison`.
     """
     layers = np.arange(1, len(result["trained"]["rc"]) + 1)
-    fig = _figure(9, 3.6)
+    fig = figure(9, 3.6)
     ax1, ax2 = fig.subplots(1, 2)
     styles = {"trained": dict(fmt="o-", color="C0"), "init": dict(fmt="s--", color="C7")}
     labels = {"trained": "trained", "init": "at initialisation"}
@@ -87,7 +89,7 @@ def plot_layerwise(result, path, *, title=None):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title or "layer-wise measurements, spec §6.1")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_attention(images, maps, labels, predictions, path, *, layer, patch_size, title=None):
@@ -99,7 +101,7 @@ def plot_attention(images, maps, labels, predictions, path, *, layer, patch_size
         labels, predictions: ``(n,)`` integers for the row titles.
     """
     n, K, gh, gw = maps.shape
-    fig = _figure(1.5 * (K + 1), 1.55 * n + 0.5)
+    fig = figure(1.5 * (K + 1), 1.55 * n + 0.5)
     axes = np.atleast_2d(fig.subplots(n, K + 1, squeeze=False))
     H, W = images.shape[-2:]
     for i in range(n):
@@ -143,4 +145,48 @@ def plot_attention(images, maps, labels, predictions, path, *, layer, patch_size
         title or f"class-token attention over {patch_size}×{patch_size} patches, layer {layer}",
         fontsize=9,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def plot_mae_curves(history, path, *, title="CRATE-MAE"):
+    """Training loss and test masked-patch MSE per epoch, with the baseline."""
+    epochs = [h["epoch"] for h in history]
+    fig = figure(6, 3.6)
+    ax = fig.subplots()
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, label="train (random masks)")
+    ax.plot(epochs, [h["test_mse"] for h in history], "s-", ms=3, label="test (fixed masks)")
+    ax.axhline(history[-1]["baseline_mse"], color="grey", ls="--", label="mean-patch baseline (test)")
+    ax.axhline(0.5 * history[-1]["baseline_mse"], color="grey", ls=":", label="0.5 × baseline")
+    ax.set(xlabel="epoch", ylabel="masked-patch MSE (standardised pixels)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def plot_lm_curves(history, path, *, form, unigram=None, bigram=None, title="language model"):
+    """Train/validation loss per step (and masked accuracy vs baseline) as a PNG."""
+    steps = [h["step"] for h in history]
+    masked = form == "masked"
+    fig = figure(9 if masked else 5.5, 3.4)
+    axes = fig.subplots(1, 2 if masked else 1)
+    ax1 = axes[0] if masked else axes
+    ax1.plot(steps, [h["train_loss"] for h in history], "o-", ms=3, label="train (running mean)")
+    ax1.plot(steps, [h["val_loss"] for h in history], "s-", ms=3, label="validation plays")
+    if unigram is not None and not masked:
+        ax1.axhline(unigram, color="gray", ls="--", lw=1, label=f"unigram {unigram:.2f}")
+    if bigram is not None and not masked:
+        ax1.axhline(bigram, color="gray", ls=":", lw=1, label=f"bigram {bigram:.2f}")
+    best = min(h["val_loss"] for h in history)
+    ax1.set(xlabel="step", ylabel="cross-entropy (nats/char)",
+            title=f"loss (best validation {best:.3f})")
+    if masked:
+        ax2 = axes[1]
+        ax2.plot(steps, [100 * h["val_accuracy"] for h in history], "s-", ms=3, label="model")
+        ax2.plot(steps, [100 * h["val_baseline_accuracy"] for h in history], "--", color="gray",
+                 label="most frequent character")
+        ax2.set(xlabel="step", ylabel="accuracy (%)", title="masked-character accuracy")
+    for ax in (axes if masked else [axes]):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return save_figure(fig, path)

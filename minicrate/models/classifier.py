@@ -36,6 +36,7 @@ from minicrate.models.embedding import (
     patchify,
 )
 from minicrate.models.loss import cross_entropy_backward, cross_entropy_forward
+from minicrate.models.stack import group, layer_params
 from minicrate.ops.functional import linear_backward, linear_forward
 from minicrate.ops.layernorm import layernorm_backward, layernorm_forward
 
@@ -230,16 +231,6 @@ def init_params(config: CRATEConfig, seed: int = 0, backend: str = "numpy", dtyp
     return params
 
 
-def layer_params(params, i):
-    """The i-th layer's parameters with the ``layers.{i}.`` prefix removed."""
-    prefix = f"layers.{i}."
-    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-
-
-def _group(params, prefix):
-    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-
-
 def encode(params, images, config: CRATEConfig, *, causal=False, fast=True):
     """Images -> the last layer's tokens Z^L ``(B, Np+1, d)`` and a cache.
 
@@ -258,7 +249,7 @@ def encode(params, images, config: CRATEConfig, *, causal=False, fast=True):
             f"for this config, got {tuple(images.shape)}"
         )
     check_params(params, config, like=images)  # shapes, and one backend/dtype/device for all
-    tokens, embed_cache = patch_embed_forward(patchify(images, config.patch_size), _group(params, "embed."),
+    tokens, embed_cache = patch_embed_forward(patchify(images, config.patch_size), group(params, "embed."),
                                               ln_eps=config.ln_eps)
     Z, pos_cache = add_cls_pos_forward(tokens, params["cls_token"], params["pos_embedding"])
     layer_forward = (fused.layer_forward if fast and fused.supports(**config.layer_options())
@@ -390,5 +381,5 @@ def load(path):
     """Load ``(params, config)`` saved by :func:`save` (NumPy arrays)."""
     from minicrate.core import checkpoint
 
-    params, config, _ = checkpoint.load(path)
+    params, config, _ = checkpoint.load(path, config_cls=CRATEConfig)
     return params, config

@@ -9,7 +9,7 @@ r"""From images to tokens, spec §4.1 steps 1–4 (and back, for the MAE).
 
 from __future__ import annotations
 
-from minicrate.core.backend import namespace
+from minicrate.core.backend import device_of, namespace
 from minicrate.core.validate import (
     check_array,
     check_cache,
@@ -18,6 +18,7 @@ from minicrate.core.validate import (
     check_keys,
     check_same_kind,
 )
+from minicrate.models.loss import as_tokens, one_hot
 from minicrate.ops.functional import linear_backward, linear_forward
 from minicrate.ops.layernorm import layernorm_backward, layernorm_forward
 
@@ -138,4 +139,109 @@ def add_cls_pos_backward(dZ, cache):
     if has_cls:
         grads["cls_token"] = xp.sum(dZ[:, 0, :], axis=0)
         return dZ[:, 1:, :], grads
+    return dZ, grads
+
+
+# ----------------------------------------------------------------------------------------
+# Language models (minicrate.models.lm): token + learned position embedding
+# ----------------------------------------------------------------------------------------
+
+
+def embed_forward(tokens, E, P):
+    r"""Token plus position embedding: :math:`Z^0_{b,t} = E_{x_{b,t}} + P_t`.
+
+    Args:
+        tokens: integer ids ``(B, N)`` in ``[0, V')`` (host or backend array).
+        E: token embedding ``(V', d)``.
+        P: positional embedding ``(context, d)``, ``N <= context``.
+
+    Returns:
+        ``(Z0, cache)`` with Z0 ``(B, N, d)``.
+    """
+    check_array(E, "E", ndim=2)
+    check_array(P, "P", ndim=2, shape=(None, E.shape[1]))
+    check_same_kind(E=E, P=P)
+    tokens = as_tokens(tokens, E)
+    xp = namespace(E)
+    B, N = tokens.shape
+    if N > P.shape[0]:
+        raise ValueError(f"sequence of {N} tokens is longer than the context ({P.shape[0]})")
+    if bool(xp.any(tokens < 0)) or bool(xp.any(tokens >= E.shape[0])):
+        raise ValueError(f"token ids must lie in [0, {E.shape[0]})")
+    flat = xp.reshape(tokens, (-1,))
+    Z0 = xp.reshape(xp.take(E, flat, axis=0), (B, N, E.shape[1])) + P[:N, :]
+    return Z0, {"flat": flat, "rows": E.shape[0], "context": P.shape[0], "like": E,
+                "shape": tuple(Z0.shape)}
+
+
+def embed_backward(dZ0, cache):
+    r"""Backward of :func:`embed_forward`.
+
+    A lookup's gradient is a scatter-add: row v of :math:`\bar E` sums the
+    gradients of every position holding character v, written as the product
+    :math:`\bar E = \mathrm{onehot}(x)^\top \bar Z^0` (the array API has no
+    scatter-add).  :math:`\bar P_t = \sum_b \bar Z^0_{b,t}` for the N used
+    rows and 0 for the rest.
+
+    Returns:
+        ``{"E": dE (V', d), "P": dP (context, d)}``.
+    """
+    check_cache(cache, "embed_forward", keys=("flat", "rows", "context", "like", "shape"))
+    check_cotangent(dZ0, cache["shape"], cache["like"], name="dZ0")
+    xp = namespace(dZ0)
+    B, N, d = dZ0.shape
+    onehot = one_hot(xp, cache["flat"], cache["rows"], dZ0)  # (B·N, V')
+    dE = xp.matrix_transpose(onehot) @ xp.reshape(dZ0, (B * N, d))
+    dP = xp.sum(dZ0, axis=0)
+    pad = cache["context"] - N
+    if pad:
+        dP = xp.concat([dP, xp.zeros((pad, d), dtype=dZ0.dtype, device=device_of(dZ0))], axis=0)
+    return {"E": dE, "P": dP}
+
+
+# ----------------------------------------------------------------------------------------
+# Head: final LayerNorm + linear map to character logits
+# ----------------------------------------------------------------------------------------
+
+
+def head_forward(Z, gamma, beta, W, b, *, eps=1e-5):
+    r"""Character logits :math:`\operatorname{LN}_f(Z)\,W^\top + b`.
+
+    Args:
+        Z: last layer's tokens ``(B, N, d)``.
+        gamma, beta: final LayerNorm ``(d,)``.
+        W: head weight ``(V, d)`` (the embedding's character rows when tied).
+        b: head bias ``(V,)``.
+
+    Returns:
+        ``(logits, cache)``, logits ``(B, N, V)``.
+    """
+    check_array(Z, "Z", ndim=3)
+    check_array(gamma, "gamma", ndim=1, shape=(Z.shape[-1],))
+    check_array(beta, "beta", ndim=1, shape=(Z.shape[-1],))
+    check_array(W, "W", ndim=2, shape=(None, Z.shape[-1]))
+    check_array(b, "b", ndim=1, shape=(W.shape[0],))
+    check_same_kind(Z=Z, gamma=gamma, beta=beta, W=W, b=b)
+    X, ln = layernorm_forward(Z, gamma, beta, eps=eps)
+    xp = namespace(X, W)
+    logits = X @ xp.matrix_transpose(W) + b
+    return logits, {"X": X, "ln": ln, "W": W, "shape": tuple(logits.shape)}
+
+
+def head_backward(dlogits, cache):
+    r"""Backward of :func:`head_forward`: :math:`\bar W = \sum \bar\ell^\top X`,
+    :math:`\bar b = \sum \bar\ell`, :math:`\bar X = \bar\ell W`, then LN_f's backward.
+
+    Returns:
+        ``(dZ, {"gamma", "beta", "W", "b"})``.
+    """
+    check_cache(cache, "head_forward", keys=("X", "ln", "W", "shape"))
+    X, W = cache["X"], cache["W"]
+    check_cotangent(dlogits, cache["shape"], W, name="dlogits")
+    xp = namespace(dlogits, W)
+    V, d = W.shape
+    dl2 = xp.reshape(dlogits, (-1, V))
+    grads = {"W": xp.matrix_transpose(dl2) @ xp.reshape(X, (-1, d)), "b": xp.sum(dl2, axis=0)}
+    dZ, g = layernorm_backward(dlogits @ W, cache["ln"])
+    grads["gamma"], grads["beta"] = g["gamma"], g["beta"]
     return dZ, grads

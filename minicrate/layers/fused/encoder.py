@@ -42,7 +42,7 @@ checks this file against them.  What is different, and why:
    ``d×d`` matrix before the product; row means and column sums are
    matrix–vector products (one BLAS pass; NumPy's reductions along short axes
    walk them one by one); softmax shifts each N×N block by its maximum, one
-   reduction, instead of each row by its own (see :func:`_softmax_transposed`);
+   reduction, instead of each row by its own (see :func:`softmax_transposed`);
    ReLU and its mask are a multiply by ``(P > 0)`` (NumPy's ``where`` on a
    random mask is about 7× slower, branch mispredictions).
 8. **In place where safe**: only on arrays this module just created, never on
@@ -59,8 +59,18 @@ from __future__ import annotations
 
 import math
 
-from minicrate.core.backend import device_of, namespace, on_host
+from minicrate.core.backend import namespace
 from minicrate.core.validate import check_array, check_heads, check_positive, check_same_kind
+from minicrate.layers.fused.kernels import (
+    affine,
+    affine_t_matmul,
+    column_sums,
+    ista_matrix,
+    layernorm_rows_backward,
+    normalise,
+    softmax_transposed,
+)
+from minicrate.ops.heads import bases_as_matrix, heads_to_rows, rows_to_heads
 
 FAST_KEYS = ("ln1_gamma", "ln1_beta", "U", "W_out", "b_out", "ln2_gamma", "ln2_beta", "D")
 
@@ -68,151 +78,6 @@ FAST_KEYS = ("ln1_gamma", "ln1_beta", "U", "W_out", "b_out", "ln2_gamma", "ln2_b
 def supports(*, tie_out=False, use_layernorm=True, **_):
     """True when :func:`layer_forward` implements the layer with these switches."""
     return not tie_out and use_layernorm
-
-
-# --- small helpers --------------------------------------------------------------------------
-
-def _normalise(xp, X, eps):
-    r"""LayerNorm without the affine part on rows ``X`` (M, d): returns
-    ``(X̂, mu, inv_std)`` with ``X̂ = (X − μ)·inv_std`` a new array and
-    ``mu, inv_std`` of shape (M, 1)."""
-    d = X.shape[-1]
-    # Row means as a matrix-vector product: one BLAS pass, faster than a reduction
-    # along the short last axis.
-    mu = xp.expand_dims(X @ xp.ones((d,), dtype=X.dtype, device=device_of(X)), axis=-1) / d
-    Xh = X - mu
-    var = xp.vecdot(Xh, Xh, axis=-1) / d
-    inv = 1.0 / xp.sqrt(xp.expand_dims(var, axis=-1) + eps)
-    Xh *= inv
-    return Xh, mu, inv
-
-
-def _column_sums(xp, X):
-    r"""Sums over the rows of ``X`` (..., M, n) -> (..., n), as ``1ᵀX``.
-
-    A vector–matrix product is one BLAS pass; ``xp.sum(X, axis=-2)`` walks the
-    short rows one by one (on config (a), 64-wide rows: 27 µs against 5 µs, and
-    17×17 attention blocks: 116 µs against 38 µs)."""
-    return xp.ones((X.shape[-2],), dtype=X.dtype, device=device_of(X)) @ X
-
-
-def _affine(Xh, gamma, beta):
-    """γ ⊙ X̂ + β as a new array."""
-    Y = Xh * gamma
-    Y += beta
-    return Y
-
-
-def _affine_t_matmul(xp, Xh, gamma, beta, G):
-    r"""(X̂γ + β)ᵀ G = γ ⊙ (X̂ᵀ G) + β (1ᵀ G) for rows X̂ (M, d), G (M, n): the
-    LayerNorm output is never formed again."""
-    return (xp.expand_dims(gamma, axis=-1) * (xp.matrix_transpose(Xh) @ G)
-            + xp.expand_dims(beta, axis=-1) * _column_sums(xp, G))
-
-
-def _ista_matrix(xp, D, eta):
-    r"""E = η(D − DᵀD) (d, d): one ISTA step before the ReLU is ``X + X E − ηλ``
-    (rows are tokens), since η(XD − XDᵀD) = X·η(D − DᵀD).  Forming E costs 2d³
-    flops, against 2·B·N·d² for each product with the tokens that it replaces."""
-    E = D - xp.matrix_transpose(D) @ D
-    E *= eta
-    return E
-
-
-def _layernorm_backward(xp, dY, Xh, inv, gamma):
-    r"""Backward of LayerNorm on rows (spec §8.4); returns ``(dX, dgamma, dbeta)``.
-
-    dX = inv·(ĝ − mean(ĝ) − X̂·mean(ĝ⊙X̂)) with ĝ = γ⊙Ȳ; ``dY`` is not modified.
-    The row means are matrix-vector products with γ: mean(ĝ) = Ȳγ/d and
-    mean(ĝ⊙X̂) = (Ȳ⊙X̂)γ/d, the product Ȳ⊙X̂ being the one γ̄ sums."""
-    d = dY.shape[-1]
-    P = dY * Xh
-    dgamma = _column_sums(xp, P)
-    m2 = xp.expand_dims(P @ gamma, axis=-1) / d  # mean(ĝ ⊙ X̂)
-    del P
-    dbeta = _column_sums(xp, dY)
-    m1 = xp.expand_dims(dY @ gamma, axis=-1) / d  # mean(ĝ)
-    g = dY * gamma
-    g -= m1
-    g -= Xh * m2
-    g *= inv
-    return g, dgamma, dbeta
-
-
-def _to_heads(xp, T, Bf, N, K, p):
-    """(Bf·N, K·p) rows -> contiguous (Bf·K, N, p) per-head blocks (one copy)."""
-    return xp.reshape(xp.permute_dims(xp.reshape(T, (Bf, N, K, p)), (0, 2, 1, 3)), (Bf * K, N, p))
-
-
-def _to_tokens(xp, T, Bf, N, K, p):
-    """(Bf·K, N, p) per-head blocks -> contiguous (Bf·N, K·p) rows (one copy)."""
-    return xp.reshape(xp.permute_dims(xp.reshape(T, (Bf, K, N, p)), (0, 2, 1, 3)), (Bf * N, K * p))
-
-
-def _bases_matrix(xp, U):
-    """U (K, d, p) -> [U_1 … U_K] (d, K·p)."""
-    K, d, p = U.shape
-    return xp.reshape(xp.permute_dims(U, (1, 0, 2)), (d, K * p))
-
-
-def _softmax_transposed(xp, S, causal):
-    r"""``At = softmax_row(S)ᵀ`` for symmetric scores ``S`` (..., N, N) (consumed).
-
-    Column ``i`` of ``At`` is row ``i`` of the attention: its sum is taken over
-    axis −2 (for symmetric S the column max is the row max).  With ``causal``,
-    row ``i`` may attend to ``j <= i``, i.e. ``At[j, i]`` is kept for ``j <= i``
-    (upper triangle).
-
-    The shift.  Softmax is unchanged by subtracting any constant from a row;
-    the row maximum is the usual choice because then no term exceeds 1 (no
-    overflow) and the largest is exactly 1 (no underflow of the whole row).
-    Any shift at least the row maximum keeps the first property, so we take
-    the maximum of each whole N×N block: one reduction over a contiguous
-    block instead of N short ones (17×17 blocks: 17 µs against 160).  The
-    second property can then fail for a row far below its block's maximum, so
-    the row sums are checked; if one is below √tiny (about 1e-19 in float32,
-    where the row's largest term could start to lose precision), the call is
-    redone with row maxima (:func:`_softmax_transposed_rowmax`).  Accuracy: a
-    row whose maximum lies Δ below its block's has its terms rounded at
-    arguments of size about Δ, a relative error of about Δ·u (u the unit
-    roundoff) instead of u; the check bounds Δ by ln N plus about 44 in float32
-    (354 in float64).
-
-    Row maxima are used directly on a GPU, where the check would stall the
-    device and short reductions are cheap, and with ``causal``: a block's
-    maximum can come from a later row, and through rounding a later token
-    would then change an earlier output in the last bit."""
-    N = S.shape[-1]
-    if causal:
-        return _softmax_transposed_rowmax(xp, _causal_mask(xp, S))
-    if not on_host(S):
-        return _softmax_transposed_rowmax(xp, S)
-    lead = S.shape[:-2]
-    block_max = xp.max(xp.reshape(S, (*lead, N * N)), axis=-1)
-    shift = xp.reshape(block_max, (*lead, 1, 1))
-    At = xp.exp(S - shift)
-    sums = _column_sums(xp, At)  # (..., N): the rows of A
-    if float(xp.min(sums)) < math.sqrt(xp.finfo(S.dtype).smallest_normal):
-        return _softmax_transposed_rowmax(xp, S)  # from the unshifted S: S − shift lost digits
-    del S
-    At /= xp.expand_dims(sums, axis=-2)
-    return At
-
-
-def _causal_mask(xp, S):
-    """S with −inf where row i would see j > i (At's lower triangle)."""
-    N = S.shape[-1]
-    idx = xp.arange(N, device=device_of(S))
-    keep = idx[:, None] <= idx[None, :]
-    return xp.where(keep, S, xp.asarray(-xp.inf, dtype=S.dtype, device=device_of(S)))
-
-
-def _softmax_transposed_rowmax(xp, S):
-    """:func:`_softmax_transposed` with the textbook shift, each row's own maximum
-    (already masked ``S``; not consumed)."""
-    At = xp.exp(S - xp.max(S, axis=-2, keepdims=True))
-    At /= xp.expand_dims(_column_sums(xp, At), axis=-2)
-    return At
 
 
 # --- the layer ------------------------------------------------------------------------------
@@ -226,7 +91,7 @@ class FastLayerCache(dict):
         xp = namespace(self["Z"])
         if key == "mssa_input":
             Z2 = xp.reshape(self["Z"], (-1, self["Z"].shape[-1]))
-            X1 = _affine((Z2 - self["mu1"]) * self["inv1"], self["params"]["ln1_gamma"],
+            X1 = affine((Z2 - self["mu1"]) * self["inv1"], self["params"]["ln1_gamma"],
                          self["params"]["ln1_beta"])
             return xp.reshape(X1, self["Z"].shape)
         if key == "ista_output":
@@ -272,18 +137,18 @@ def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_e
     Bf = Z2.shape[0] // N
 
     # MSSA on X1 = LN1(Z): one product for w, per-head scores and outputs, one output map.
-    Xh1, mu1, inv1 = _normalise(xp, Z2, ln_eps)
-    Ub = _bases_matrix(xp, U)  # (d, K·p)
+    Xh1, mu1, inv1 = normalise(xp, Z2, ln_eps)
+    Ub = bases_as_matrix(U)  # (d, K·p)
     # w = (X̂ γ + β) U = X̂ (γ ⊙ U) + β U: LN₁'s affine folded into the small matrix.
     w = Xh1 @ (xp.expand_dims(params["ln1_gamma"], axis=-1) * Ub)
     w += params["ln1_beta"] @ Ub
     del Xh1
-    Wh = _to_heads(xp, w, Bf, N, K, p)  # (Bf·K, N, p)
+    Wh = rows_to_heads(w, Bf, N, K, p)  # (Bf·K, N, p)
     del w
     S = Wh @ xp.matrix_transpose(Wh)
     S *= scale
-    At = _softmax_transposed(xp, S, causal)  # Aᵀ, (Bf·K, N, N)
-    H = _to_tokens(xp, xp.matrix_transpose(At) @ Wh, Bf, N, K, p)  # (Bf·N, K·p)
+    At = softmax_transposed(xp, S, causal)  # Aᵀ, (Bf·K, N, N)
+    H = heads_to_rows(xp.matrix_transpose(At) @ Wh, Bf, N, K, p)  # (Bf·N, K·p)
     Zh = H @ xp.matrix_transpose(W_out)
     del H
     if b_out is not None:
@@ -293,10 +158,10 @@ def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_e
     # ISTA on X2 = LN2(Z^{l+1/2}): before the ReLU it is linear in X2, X2 plus one product
     # with E = η(D − DᵀD).  X2 itself is added outside the product, so it is exact
     # (through the product it would pick up rounding and flip more ReLU signs in float32).
-    Xh2, _, inv2 = _normalise(xp, Zh, ln_eps)
+    Xh2, _, inv2 = normalise(xp, Zh, ln_eps)
     del Zh
-    E = _ista_matrix(xp, D, eta)
-    X2 = _affine(Xh2, params["ln2_gamma"], params["ln2_beta"])
+    E = ista_matrix(xp, D, eta)
+    X2 = affine(Xh2, params["ln2_gamma"], params["ln2_beta"])
     P = X2 @ E
     P += X2
     del X2
@@ -336,26 +201,26 @@ def layer_backward(dY, cache):
     # ISTA, P = X2 + X2 E − ηλ: X̄2 = P̄ + P̄ Eᵀ, Ē = X2ᵀ P̄ = G, D̄ = η(G − D(G + Gᵀ)).
     Y2 = xp.reshape(Y, (-1, d))
     dP = xp.reshape(dY, (-1, d)) * xp.astype(Y2 > 0, dY.dtype)  # ReLU's mask: Y > 0 iff P > 0
-    G = _affine_t_matmul(xp, Xh2, params["ln2_gamma"], params["ln2_beta"], dP)  # X₂ᵀ P̄
+    G = affine_t_matmul(xp, Xh2, params["ln2_gamma"], params["ln2_beta"], dP)  # X₂ᵀ P̄
     grads["D"] = eta * (G - D @ (G + xp.matrix_transpose(G)))
     dX2 = dP @ xp.matrix_transpose(cache["E"])
     dX2 += dP
     del dP
-    dZh, grads["ln2_gamma"], grads["ln2_beta"] = _layernorm_backward(xp, dX2, Xh2, cache["inv2"],
+    dZh, grads["ln2_gamma"], grads["ln2_beta"] = layernorm_rows_backward(xp, dX2, Xh2, cache["inv2"],
                                                                      params["ln2_gamma"])
     del dX2
 
     # MSSA: output map, then the per-head attention, then w = X1 U.
     A = xp.matrix_transpose(At)
-    H = _to_tokens(xp, A @ Wh, Bf, N, K, p)
+    H = heads_to_rows(A @ Wh, Bf, N, K, p)
     grads["W_out"] = xp.matrix_transpose(dZh) @ H
     del H
     if cache["has_bias"]:
-        grads["b_out"] = _column_sums(xp, dZh)
-    dO = _to_heads(xp, dZh @ W_out, Bf, N, K, p)  # (Bf·K, N, p)
+        grads["b_out"] = column_sums(xp, dZh)
+    dO = rows_to_heads(dZh @ W_out, Bf, N, K, p)  # (Bf·K, N, p)
     dAt = Wh @ xp.matrix_transpose(dO)  # Āᵀ
     dSt = At * dAt  # (A ⊙ Ā)ᵀ
-    dAt -= xp.expand_dims(_column_sums(xp, dSt), axis=-2)  # Āᵀ − rowsum(A ⊙ Ā), a row broadcast
+    dAt -= xp.expand_dims(column_sums(xp, dSt), axis=-2)  # Āᵀ − rowsum(A ⊙ Ā), a row broadcast
     dAt *= At  # S̄ᵀ
     del dSt
     dSym = dAt + xp.matrix_transpose(dAt)  # S̄ + S̄ᵀ
@@ -365,16 +230,16 @@ def layer_backward(dY, cache):
     del dO
     dWh += dSym @ Wh
     del dSym
-    dWf = _to_tokens(xp, dWh, Bf, N, K, p)  # (Bf·N, K·p)
+    dWf = heads_to_rows(dWh, Bf, N, K, p)  # (Bf·N, K·p)
     del dWh
     Z2 = xp.reshape(Z, (-1, d))
     Xh1 = Z2 - cache["mu1"]
     Xh1 *= cache["inv1"]
-    dU = _affine_t_matmul(xp, Xh1, params["ln1_gamma"], params["ln1_beta"], dWf)  # X₁ᵀ w̄, (d, K·p)
+    dU = affine_t_matmul(xp, Xh1, params["ln1_gamma"], params["ln1_beta"], dWf)  # X₁ᵀ w̄, (d, K·p)
     grads["U"] = xp.permute_dims(xp.reshape(dU, (d, K, p)), (1, 0, 2))
-    dX1 = dWf @ xp.matrix_transpose(_bases_matrix(xp, U))
+    dX1 = dWf @ xp.matrix_transpose(bases_as_matrix(U))
     del dWf
-    dZ, grads["ln1_gamma"], grads["ln1_beta"] = _layernorm_backward(xp, dX1, Xh1, cache["inv1"],
+    dZ, grads["ln1_gamma"], grads["ln1_beta"] = layernorm_rows_backward(xp, dX1, Xh1, cache["inv1"],
                                                                     params["ln1_gamma"])
     del dX1
     dZ += dZh  # the skip

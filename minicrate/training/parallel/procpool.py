@@ -35,80 +35,17 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
-import math
-import mmap
 import os
 import pickle
 import subprocess
 import sys
-import tempfile
 import traceback
 
 import numpy as np
 
 from minicrate.core.allocator import keep_freed_memory
 from minicrate.core.validate import finite_checks
-
-_ALIGN = 64  # bytes: every array starts on a cache line
-
-
-# --- shared blocks ----------------------------------------------------------------------------
-
-def _shm_dir():
-    """Where shared blocks live: ``/dev/shm`` (memory) when it exists, else the temp dir."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-
-
-class SharedBlock:
-    """Named arrays packed into one file that several processes map.
-
-    Args:
-        specs: ``{name: (shape, dtype)}`` (creating) or the ``layout`` of an
-            existing block (attaching, with ``path``).
-        path: an existing block's file (the creator passes its :attr:`spec`).
-    """
-
-    def __init__(self, specs=None, *, path=None, layout=None):
-        if path is None:
-            layout, offset = {}, 0
-            for name, (shape, dtype) in specs.items():
-                dt = np.dtype(dtype)
-                offset = -(-offset // _ALIGN) * _ALIGN
-                layout[name] = (offset, tuple(int(s) for s in shape), dt.str)
-                offset += dt.itemsize * math.prod(shape)
-            nbytes = max(offset, _ALIGN)
-            fd, path = tempfile.mkstemp(prefix="minicrate-", dir=_shm_dir())
-            os.ftruncate(fd, nbytes)
-        else:
-            nbytes = max([off + np.dtype(dt).itemsize * math.prod(shape)
-                          for off, shape, dt in layout.values()] + [_ALIGN])
-            fd = os.open(path, os.O_RDWR)
-        try:
-            self._mm = mmap.mmap(fd, nbytes)
-        finally:
-            os.close(fd)
-        self.path, self.layout = path, layout
-        self.arrays = {k: np.ndarray(shape, dtype=dt, buffer=self._mm, offset=off)
-                       for k, (off, shape, dt) in layout.items()}
-
-    @property
-    def spec(self):
-        """What another process needs to attach: ``{"path", "layout"}``."""
-        return {"path": self.path, "layout": self.layout}
-
-    def unlink(self):
-        """Remove the file (mappings stay valid until closed)."""
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    def close(self):
-        self.arrays = {}
-        try:
-            self._mm.close()
-        except BufferError:  # a view is still alive somewhere; the OS frees it at exit
-            pass
+from minicrate.training.parallel.shared import SharedBlock
 
 
 def _grad_specs(params):
@@ -227,7 +164,7 @@ class ProcessPool:
         """
         from minicrate.core.validate import finite_checks_enabled
         from minicrate.models.classifier import loss_and_grads as single
-        from minicrate.training.parallel.threads import check_batch, chunks, one_thread_blas
+        from minicrate.training.parallel.split import check_batch, chunks, one_thread_blas
 
         if not self._procs:
             raise RuntimeError("this ProcessPool is closed")
@@ -393,7 +330,7 @@ def _picklable(exc):
 
 
 def _worker_main(read_fd, write_fd):
-    from minicrate.training.parallel.threads import one_thread_blas
+    from minicrate.training.parallel.split import one_thread_blas
 
     keep_freed_memory()
     recv, send = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")

@@ -31,35 +31,23 @@ batch and gradients in shared memory), the default for
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 from minicrate.core.backend import backend_name, namespace
-from minicrate.core.validate import check_array, check_int_array, describe
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+from minicrate.training.parallel.split import (  # noqa: F401  (re-exported: older imports)
+    blas_controller,
+    check_batch,
+    chunks,
+    one_thread_blas,
+    usable_cores,
+)
 
 
 def default_workers(xp) -> int:
     """Chunks per batch: the usable cores for NumPy, 1 for every other backend."""
-    return usable_cores() if backend_name(xp) == "numpy" and _controller() is not None else 1
-
-
-@functools.lru_cache(maxsize=1)
-def _controller():
-    try:
-        import threadpoolctl
-    except ImportError:
-        return None
-    return threadpoolctl.ThreadpoolController()
+    return usable_cores() if backend_name(xp) == "numpy" and blas_controller() is not None else 1
 
 
 @functools.lru_cache(maxsize=4)
@@ -67,19 +55,25 @@ def _pool(workers):
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minicrate-batch")
 
 
-def one_thread_blas():
-    """Context manager: BLAS uses one thread inside (no-op without threadpoolctl)."""
-    controller = _controller()
-    if controller is None:
-        return contextlib.nullcontext()
-    return controller.limit(limits=1, user_api="blas")
+def weighted_combine(results, shares):
+    """``(Σ w_i loss_i, Σ w_i grads_i)`` with ``w_i = shares[i] / Σ shares``.
 
-
-def chunks(n, workers):
-    """``workers`` contiguous slices covering ``range(n)``, sizes differing by at most one."""
-    workers = max(1, min(workers, n))
-    bounds = [round(i * n / workers) for i in range(workers + 1)]
-    return [slice(bounds[i], bounds[i + 1]) for i in range(workers)]
+    ``results`` are the chunks' ``(loss_i, grads_i, ...)`` in chunk order and
+    ``shares`` what each chunk's mean loss averages over (samples, or selected
+    positions).  The sums run in chunk order, so the result does not depend on
+    which thread finished first.
+    """
+    total = sum(shares)
+    loss, grads = 0.0, None
+    for share, (loss_i, grads_i, *_) in zip(shares, results, strict=True):
+        w = share / total
+        loss += w * loss_i
+        if grads is None:
+            grads = {k: w * g for k, g in grads_i.items()}
+        else:
+            for k, g in grads_i.items():
+                grads[k] += w * g
+    return loss, grads
 
 
 def map_chunks(fn, n, workers):
@@ -120,15 +114,6 @@ def close_pool():
     _POOLS.clear()
 
 
-def check_batch(images, labels):
-    """Check a whole batch before it is split: a chunk's own checks would name the chunk's
-    shapes, and labels that are too few would be broadcast over a chunk."""
-    check_array(images, "images", ndim=4, finite=False)
-    check_int_array(labels, "labels", ndim=1)
-    if labels.shape[0] != images.shape[0]:
-        raise ValueError(f"labels must have one entry per image ({images.shape[0]}), got {describe(labels)}")
-
-
 def loss_and_grads(params, images, labels, config, *, workers=None, processes=None, **options):
     """:func:`minicrate.models.classifier.loss_and_grads` with the batch split over ``workers`` chunks.
 
@@ -162,15 +147,8 @@ def loss_and_grads(params, images, labels, config, *, workers=None, processes=No
         return s, single(params, images[s, ...], labels[s], config, **options)
 
     results = map_chunks(run, B, workers)
-    loss, grads = 0.0, None
-    for s, (loss_i, grads_i, _) in results:
-        w = (s.stop - s.start) / B
-        loss += w * loss_i
-        if grads is None:
-            grads = {k: w * g for k, g in grads_i.items()}
-        else:
-            for k, g in grads_i.items():
-                grads[k] += w * g
+    # chunk i's mean covers n_i of the B images: weight n_i / B
+    loss, grads = weighted_combine([r for _, r in results], [s.stop - s.start for s, _ in results])
     logits = xp.concat([r[1][2] for r in results], axis=0)
     return loss, grads, logits
 
