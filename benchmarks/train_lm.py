@@ -93,7 +93,7 @@ def seconds_per_step(mc, tc, corpus, n=6):
 
 def run_form(form, budget, out, *, corpus, t_start, progress, log):
     """Train one form within ``budget`` seconds counted from ``t_start``."""
-    from minicrate.commands.train_lm import model_config_for
+    from minicrate.training.lm import model_config_for
     from minicrate.models import lm, sampling
     from minicrate.training.lm import LMTrainConfig, train_lm
 
