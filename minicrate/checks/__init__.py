@@ -1,0 +1,1 @@
+"""Floor 1: the finite-difference vector-Jacobian checker and the shared Hypothesis strategies."""

@@ -1,0 +1,1 @@
+"""Floor 0: array backends, input validation, the allocator setting and checkpoint files."""

@@ -1,0 +1,1 @@
+"""The fused fast forms of the encoder and decoder layers, tested equal to the reference blocks."""

@@ -1,0 +1,1 @@
+"""Splitting a batch over the CPU cores: threads, or worker processes with shared memory."""
