@@ -93,9 +93,8 @@ def seconds_per_step(mc, tc, corpus, n=6):
 
 def run_form(form, budget, out, *, corpus, t_start, progress, log):
     """Train one form within ``budget`` seconds counted from ``t_start``."""
-    from minicrate.training.lm import model_config_for
     from minicrate.models import lm, sampling
-    from minicrate.training.lm import LMTrainConfig, train_lm
+    from minicrate.training.lm import LMTrainConfig, model_config_for, train_lm
 
     mc = model_config_for(corpus.vocab.size, {**MODEL, "form": form})
     recipe = {**TRAIN, **TRAIN_OVERRIDES.get(form, {})}

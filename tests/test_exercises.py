@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from minicrate import grading
-from minicrate.commands import make_student as ms
+from minicrate.grading import student as ms
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 EXERCISES = os.path.abspath(os.path.join(ROOT, "exercises"))

@@ -4,7 +4,7 @@
 file itself is imported (``importlib.util.spec_from_file_location`` under a
 fresh module name; notebooks are converted to a temporary module first), and
 every task whose function it defines is checked by
-:func:`minicrate.grading.core.check`.  Exit status 0 when every graded task passed.
+:func:`minicrate.grading.check`.  Exit status 0 when every graded task passed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 NAME = "grade"
-HELP = "grade a student's .py/.ipynb/.md file with the exercise checks (minicrate.grading.core)"
+HELP = "grade a student's .py/.ipynb/.md file with the exercise checks (minicrate.grading)"
 
 
 def add_arguments(p):
@@ -41,7 +41,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from minicrate.grading import core as grading
+    from minicrate import grading
 
     if args.list:
         print(grading.describe())

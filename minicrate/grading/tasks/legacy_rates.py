@@ -34,8 +34,8 @@ from hypothesis import strategies as st
 
 from minicrate.checks.strategies import seeds, well_conditioned_tokens
 from minicrate.core.backend import to_numpy
-from minicrate.grading.core import Case, FiniteDifferences, Mistake, Task
-from minicrate.grading.core import solution_of as _solution
+from minicrate.grading.tasks.common import solution_of as _solution
+from minicrate.grading.types import Case, FiniteDifferences, Mistake, Task
 
 # --------------------------------------------------------------------------
 # Small NumPy helpers for the reference-side wrong variants
@@ -537,19 +537,4 @@ _TASK_LIST = [
     ),
 ]
 
-
-def _book_order(task):
-    chapter, number = task.id.split(".")
-    return int(chapter), int(number)
-
-
-def _all_tasks():
-    from minicrate.grading.decoder import DECODER_TASKS
-    from minicrate.grading.encoder import ENCODER_TASKS
-    from minicrate.grading.training import TRAINING_TASKS
-
-    return sorted(_TASK_LIST + ENCODER_TASKS + TRAINING_TASKS + DECODER_TASKS, key=_book_order)
-
-
-TASKS = {t.id: t for t in _all_tasks()}
-"""Task id -> :class:`~minicrate.grading.core.Task`, in book order."""
+RATE_TASKS = _TASK_LIST

@@ -14,7 +14,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from minicrate.checks.strategies import normal, seeds
-from minicrate.grading.core import Case, FiniteDifferences, Mistake, Task, solution_of
+from minicrate.grading.tasks.common import solution_of
+from minicrate.grading.types import Case, FiniteDifferences, Mistake, Task
 
 
 def _h(x):

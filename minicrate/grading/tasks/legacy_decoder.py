@@ -17,8 +17,7 @@ import math
 
 import numpy as np
 
-from minicrate.grading.core import Case, FiniteDifferences, Mistake, Task
-from minicrate.grading.encoder import (
+from minicrate.grading.tasks.legacy_encoder import (
     SHARED_QK_HINT,
     _backward_outputs,
     _expected_backward,
@@ -30,6 +29,7 @@ from minicrate.grading.encoder import (
     np_mssa_backward,
     np_mssa_forward,
 )
+from minicrate.grading.types import Case, FiniteDifferences, Mistake, Task
 
 DECODER_KEYS = ("ln1_gamma", "ln1_beta", "E", "ln2_gamma", "ln2_beta", "U", "W_out", "b_out")
 
