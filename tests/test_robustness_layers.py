@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from robustness_support import *  # noqa: F403  (case types, mutations, shared inputs and imports)
 
+from minicrate.models import stack
+
 
 def _block_cases():
     cases = []
@@ -279,6 +281,35 @@ def _encoder_cases():
             "encoder_layer_backward",
             lambda xp, dt: call_full(build(xp, dt)),
             mc.encoder_layer_backward,
+        )
+    )
+
+    def stack_build(xp, dt):
+        layer = _layer_params(xp, dt)
+        return {
+            "Z": _normal(xp, dt, (2, 3, 4), 0),
+            "params": {f"layers.0.{k}": v for k, v in layer.items()},
+            "depth": 1,
+            "options": {"scale": None, "eta": 0.1, "lam": 0.1, "ln_eps": 1e-5},
+        }
+
+    def stack_call(kw):
+        return stack.encoder_stack_forward(kw["Z"], kw["params"], kw["depth"], kw["options"])
+
+    cases.append(
+        Case(
+            "stack.encoder_stack_forward",
+            stack_build,
+            lambda kw: [stack_call(kw)[0]],
+            {"Z": z3, **_layer_specs(prefix="params/layers.0."), "params": Num("choice"),
+             "depth": Num("int1"), "options": Num("choice")},
+        )
+    )
+    cases.append(
+        _backward_case(
+            "stack.encoder_stack_backward",
+            lambda xp, dt: stack_call(stack_build(xp, dt))[:2],
+            lambda dY, caches: (stack.encoder_stack_backward(dY, caches, {}), {}),
         )
     )
     return cases

@@ -27,7 +27,7 @@ from minicrate.core.validate import (
     check_int,
     check_params_shapes,
 )
-from minicrate.layers.encoder import encoder_layer_backward, encoder_layer_forward
+from minicrate.layers.options import LayerOptions
 from minicrate.models.embedding import (
     add_cls_pos_backward,
     add_cls_pos_forward,
@@ -36,15 +36,17 @@ from minicrate.models.embedding import (
     patchify,
 )
 from minicrate.models.loss import cross_entropy_backward, cross_entropy_forward
-from minicrate.models.stack import group, layer_params
+from minicrate.models.stack import encoder_stack_backward, encoder_stack_forward, group
 from minicrate.ops.functional import linear_backward, linear_forward
 from minicrate.ops.layernorm import layernorm_backward, layernorm_forward
 
 
 @dataclasses.dataclass(frozen=True)
-class CRATEConfig:
+class CRATEConfig(LayerOptions):
     """Architecture and switches; field names follow the official code.
 
+    The layer switches (``eta, lam, tie_out, attn_scale, use_layernorm, ln_eps``)
+    come from :class:`~minicrate.layers.options.LayerOptions` (keyword-only);
     ``attn_scale=None`` means the official 1/√p; the paper form is
     ``tie_out=True, attn_scale=1.0, use_layernorm=False``.
     """
@@ -57,24 +59,15 @@ class CRATEConfig:
     heads: int = 4
     num_classes: int = 10
     pool: str = "cls"
-    eta: float = 0.1
-    lam: float = 0.1
-    tie_out: bool = False
-    attn_scale: float | None = None
-    use_layernorm: bool = True
-    ln_eps: float = 1e-5
     label_smoothing: float = 0.1
     dtype: str = "float32"
 
     def __post_init__(self):
+        super().__post_init__()
         check_config_fields(
             self,
             ints=("image_size", "patch_size", "channels", "dim", "depth", "heads", "num_classes"),
-            nonneg=(("eta", "lam"),),
-            positive=("ln_eps", "attn_scale"),
-            optional=("attn_scale",),
             unit=("label_smoothing",),
-            bools=("tie_out", "use_layernorm"),
             choices={"pool": ("cls", "mean")},
         )
         if self.image_size % self.patch_size:
@@ -95,11 +88,6 @@ class CRATEConfig:
     @property
     def patch_dim(self) -> int:
         return self.patch_size**2 * self.channels
-
-    def layer_options(self) -> dict:
-        """Keyword switches passed to every encoder layer."""
-        return {"scale": self.attn_scale, "tie_out": self.tie_out, "use_layernorm": self.use_layernorm,
-                "eta": self.eta, "lam": self.lam, "ln_eps": self.ln_eps}
 
 
 _IMAGENET = dict(image_size=224, patch_size=16, channels=3, num_classes=1000)
@@ -238,8 +226,6 @@ def encode(params, images, config: CRATEConfig, *, causal=False, fast=True):
     (same mathematics, tested equal to the plain blocks; official form only,
     otherwise the plain :func:`~minicrate.layers.encoder.encoder_layer_forward` runs).
     """
-    from minicrate.layers.fused import encoder as fused
-
     _check_config(config)
     check_array(images, "images", ndim=4)
     B, C, H, W = images.shape
@@ -252,12 +238,8 @@ def encode(params, images, config: CRATEConfig, *, causal=False, fast=True):
     tokens, embed_cache = patch_embed_forward(patchify(images, config.patch_size), group(params, "embed."),
                                               ln_eps=config.ln_eps)
     Z, pos_cache = add_cls_pos_forward(tokens, params["cls_token"], params["pos_embedding"])
-    layer_forward = (fused.layer_forward if fast and fused.supports(**config.layer_options())
-                     else encoder_layer_forward)
-    layer_caches = []
-    for i in range(config.depth):
-        Z, c = layer_forward(Z, layer_params(params, i), causal=causal, **config.layer_options())
-        layer_caches.append(c)
+    Z, layer_caches, _ = encoder_stack_forward(Z, params, config.depth, config.layer_options(causal=causal),
+                                               fast=fast)
     return Z, {"embed": embed_cache, "pos": pos_cache, "layers": layer_caches}
 
 
@@ -315,12 +297,7 @@ def backward(dlogits, cache):
 
 def encode_backward(dZ, cache, grads):
     """Backward of :func:`encode`: fills ``grads`` and returns d(images patches)."""
-    from minicrate.layers.fused.encoder import FastLayerCache, layer_backward
-
-    for i in reversed(range(len(cache["layers"]))):
-        c = cache["layers"][i]
-        dZ, g = (layer_backward if isinstance(c, FastLayerCache) else encoder_layer_backward)(dZ, c)
-        grads.update({f"layers.{i}.{k}": v for k, v in g.items()})
+    dZ = encoder_stack_backward(dZ, cache["layers"], grads)
     dtokens, g = add_cls_pos_backward(dZ, cache["pos"])
     grads.update(g)
     dpatches, g = patch_embed_backward(dtokens, cache["embed"])

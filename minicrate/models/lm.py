@@ -53,10 +53,14 @@ from minicrate.core.validate import (
     check_positive,
     describe,
 )
-from minicrate.layers.encoder import encoder_layer_backward, encoder_layer_forward
+from minicrate.layers.options import LayerOptions
 from minicrate.models.embedding import embed_backward, embed_forward, head_backward, head_forward
 from minicrate.models.loss import lm_loss_backward, lm_loss_forward
-from minicrate.models.stack import layer_params
+from minicrate.models.stack import (  # noqa: F401  (layer_params re-exported: lm.layer_params)
+    encoder_stack_backward,
+    encoder_stack_forward,
+    layer_params,
+)
 
 FORMS = ("causal", "masked")
 POS_INITS = ("normal", "sinusoidal")
@@ -67,13 +71,14 @@ POS_INITS = ("normal", "sinusoidal")
 # ----------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class LMConfig:
+@dataclasses.dataclass(frozen=True)
+class LMConfig(LayerOptions):
     """A character language model's shape and switches.
 
     ``vocab_size`` counts the characters only (the masked form adds the mask
-    row to the embedding itself).  The layer switches mean what they mean in
-    :class:`minicrate.layers.encoder` (official-code defaults).
+    row to the embedding itself).  The layer switches come from
+    :class:`~minicrate.layers.options.LayerOptions` (keyword-only,
+    official-code defaults).
     """
 
     vocab_size: int
@@ -84,25 +89,18 @@ class LMConfig:
     heads: int = 4
     tie_embedding: bool = True
     mask_rate: float = 0.15
-    eta: float = 0.1
-    lam: float = 0.1
-    tie_out: bool = False
-    attn_scale: float | None = None
-    use_layernorm: bool = True
-    ln_eps: float = 1e-5
     embed_std: float = 0.02
     pos_init: str = "normal"
     dtype: str = "float32"
 
     def __post_init__(self):
+        super().__post_init__()
         check_config_fields(
             self,
             ints=("vocab_size", "context", "dim", "depth", "heads"),
-            nonneg=(("eta", "lam"), "embed_std"),
-            positive=("ln_eps", "attn_scale"),
-            optional=("attn_scale",),
+            nonneg=("embed_std",),
             open_unit=("mask_rate",),
-            bools=("tie_embedding", "tie_out", "use_layernorm"),
+            bools=("tie_embedding",),
             choices={"form": FORMS, "pos_init": POS_INITS},
         )
         if self.dim % self.heads:
@@ -291,21 +289,11 @@ def forward(params, tokens, config: LMConfig, *, fast=True):
         ``(logits, cache)``, logits ``(B, N, V)``: at position t the causal model
         scores character t+1, the masked model scores character t itself.
     """
-    from minicrate.layers.fused import encoder as fused
-
     check_config(config, LMConfig)
     check_params_shapes(params, param_shapes(config))
-    options = dict(scale=config.attn_scale, tie_out=config.tie_out,
-                   use_layernorm=config.use_layernorm, eta=config.eta, lam=config.lam,
-                   causal=config.causal, ln_eps=config.ln_eps)
-    layer_forward = (fused.layer_forward if fast and fused.supports(**options)
-                     else encoder_layer_forward)
     Z, emb = embed_forward(tokens, params["tok_embedding"], params["pos_embedding"])
-    layers, outputs = [], []
-    for layer in range(config.depth):
-        Z, c = layer_forward(Z, layer_params(params, layer), **options)
-        layers.append(c)
-        outputs.append(Z)
+    Z, layers, outputs = encoder_stack_forward(Z, params, config.depth,
+                                               config.layer_options(causal=config.causal), fast=fast)
     logits, head = head_forward(Z, params["ln_f.gamma"], params["ln_f.beta"],
                                 _head_weight(params, config), params["head.b"], eps=config.ln_eps)
     return logits, {"embed": emb, "layers": layers, "outputs": outputs, "head": head,
@@ -319,8 +307,6 @@ def backward(dlogits, cache):
     last to first (spec §8.5), the embedding; with a tied head the head's
     weight gradient is added to the character rows of the embedding's.
     """
-    from minicrate.layers.fused.encoder import FastLayerCache, layer_backward
-
     check_cache(cache, "forward", keys=("embed", "layers", "outputs", "head", "config", "keys"))
     config = cache["config"]
     xp = namespace(dlogits)
@@ -328,11 +314,7 @@ def backward(dlogits, cache):
     dZ, g = head_backward(dlogits, cache["head"])
     grads["ln_f.gamma"], grads["ln_f.beta"], grads["head.b"] = g["gamma"], g["beta"], g["b"]
     dW_head = g["W"]
-    for layer in reversed(range(config.depth)):
-        c = cache["layers"][layer]
-        dZ, g = (layer_backward if isinstance(c, FastLayerCache) else encoder_layer_backward)(dZ, c)
-        for key, value in g.items():
-            grads[f"layers.{layer}.{key}"] = value
+    dZ = encoder_stack_backward(dZ, cache["layers"], grads)
     g = embed_backward(dZ, cache["embed"])
     grads["pos_embedding"] = g["P"]
     dE = g["E"]

@@ -73,7 +73,6 @@ from minicrate.layers.decoder import (
     decoder_layer_forward,
     decoder_layer_params,
 )
-from minicrate.layers.encoder import encoder_layer_backward, encoder_layer_forward
 from minicrate.layers.fused.decoder import fast_decoder_layer_backward, fast_decoder_layer_forward, fast_supports
 from minicrate.models.embedding import add_cls_pos_backward, add_cls_pos_forward, patchify, unpatchify
 from minicrate.models.loss import masked_mse_backward, masked_mse_forward
@@ -87,7 +86,7 @@ from minicrate.models.mae_params import (  # noqa: F401  (re-exported: mae.MAECo
     sincos_pos_embedding,
 )
 from minicrate.models.masking import mask_in
-from minicrate.models.stack import layer_params
+from minicrate.models.stack import encoder_stack_backward, encoder_stack_forward
 from minicrate.ops.functional import linear_backward, linear_forward
 from minicrate.ops.layernorm import layernorm_backward, layernorm_forward
 
@@ -120,18 +119,11 @@ def mae_encode(params, images, mask, config: MAEConfig, *, fast=False):
     T = xp.where(m, params["mask_token"], T)
     pos = host_to(xp, sincos_pos_embedding(d, config.grid_size), images.dtype, device_of(images))
     Z, pos_cache = add_cls_pos_forward(T, params["cls_token"], pos)
-    from minicrate.layers.fused import encoder as fused
-
-    use_fast = fast and fused.supports(**config.encoder_options())
-    layer_forward = fused.layer_forward if use_fast else encoder_layer_forward
-    layers = []
-    for i in range(config.depth):
-        Z, c = layer_forward(Z, layer_params(params, i), **config.encoder_options())
-        layers.append(c)
+    Z, layers, _ = encoder_stack_forward(Z, params, config.depth, config.layer_options(), fast=fast)
     Z, norm_cache = layernorm_forward(Z, params["enc_norm.gamma"], params["enc_norm.beta"],
                                       eps=config.final_ln_eps)
     cache = {"patches": patches, "mask": m, "embed": embed_cache, "pos": pos_cache, "layers": layers,
-             "norm": norm_cache, "layer_backward": fused.layer_backward if use_fast else encoder_layer_backward}
+             "norm": norm_cache}
     return Z, cache
 
 
@@ -182,7 +174,7 @@ def mae_backward(dpred, cache):
         a dict with exactly the keys of the parameters.
     """
     check_cache(cache, "mae_forward", keys=("patches", "mask", "embed", "pos", "layers", "norm",
-                                            "layer_backward", "decoder", "dec_norm", "pred",
+                                            "decoder", "dec_norm", "pred",
                                             "out_shape"))
     B, N, Pd = cache["out_shape"]
     check_cotangent(dpred, (B, N - 1, Pd), cache["patches"], name="dpred")
@@ -198,9 +190,7 @@ def mae_backward(dpred, cache):
         accumulate(grads, g, keys)
     dZ, g = layernorm_backward(dZ, cache["norm"])
     grads["enc_norm.gamma"], grads["enc_norm.beta"] = g["gamma"], g["beta"]
-    for i in reversed(range(len(cache["layers"]))):
-        dZ, g = cache["layer_backward"](dZ, cache["layers"][i])
-        accumulate(grads, g, {k: f"layers.{i}.{k}" for k in g})
+    dZ = encoder_stack_backward(dZ, cache["layers"], grads)
     dT, g = add_cls_pos_backward(dZ, cache["pos"])
     grads["cls_token"] = g["cls_token"]
     m = cache["mask"]

@@ -21,6 +21,7 @@ from minicrate.core.validate import (
     check_int,
     describe,
 )
+from minicrate.layers.options import LayerOptions
 from minicrate.models.masking import num_visible
 
 # ---------------------------------------------------------------------------
@@ -28,10 +29,11 @@ from minicrate.models.masking import num_visible
 
 
 @dataclasses.dataclass(frozen=True)
-class MAEConfig:
+class MAEConfig(LayerOptions):
     """CRATE-MAE architecture; the decoder has the encoder's depth, width and heads.
 
-    ``lam`` is the encoder's ISTA λ (0.5 in the release); ``tie_decoder``
+    The layer switches come from :class:`~minicrate.layers.options.LayerOptions`
+    (keyword-only); ``lam`` is the encoder's ISTA λ (0.5 in the release); ``tie_decoder``
     shares E ≡ D and U ≡ U with the mirror encoder layer; ``tie_out``,
     ``attn_scale=1.0`` and ``use_layernorm=False`` give the paper's layer form.
     ``head_init_std`` initialises the pixel head's weight N(0, std²) (``None``:
@@ -47,27 +49,23 @@ class MAEConfig:
     depth: int = 4
     heads: int = 4
     mask_ratio: float = 0.75
-    eta: float = 0.1
-    lam: float = 0.5
+    lam: float = dataclasses.field(default=0.5, kw_only=True)  # the release's encoder λ
     tie_decoder: bool = False
-    tie_out: bool = False
-    attn_scale: float | None = None
-    use_layernorm: bool = True
-    ln_eps: float = 1e-5
     final_ln_eps: float = 1e-6
     head_init_std: float | None = 0.02
     out_init_gain: float = 0.1
     dtype: str = "float32"
 
     def __post_init__(self):
+        super().__post_init__()
         check_config_fields(
             self,
             ints=("image_size", "patch_size", "channels", "dim", "depth", "heads"),
-            nonneg=(("eta", "lam"), "head_init_std"),
-            positive=("ln_eps", "final_ln_eps", "attn_scale", "out_init_gain"),
-            optional=("attn_scale", "head_init_std"),
+            nonneg=("head_init_std",),
+            positive=("final_ln_eps", "out_init_gain"),
+            optional=("head_init_std",),
             open_unit=("mask_ratio",),
-            bools=("tie_decoder", "tie_out", "use_layernorm"),
+            bools=("tie_decoder",),
         )
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
@@ -94,13 +92,6 @@ class MAEConfig:
     def patch_dim(self) -> int:
         return self.patch_size**2 * self.channels
 
-    def encoder_options(self) -> dict:
-        return {"scale": self.attn_scale, "tie_out": self.tie_out, "use_layernorm": self.use_layernorm,
-                "eta": self.eta, "lam": self.lam, "ln_eps": self.ln_eps}
-
-    def decoder_options(self) -> dict:
-        return {"scale": self.attn_scale, "tie_out": self.tie_out, "use_layernorm": self.use_layernorm,
-                "ln_eps": self.ln_eps}
 
 
 _IMAGENET = dict(image_size=224, patch_size=16, channels=3)

@@ -60,7 +60,14 @@ from __future__ import annotations
 import math
 
 from minicrate.core.backend import namespace
-from minicrate.core.validate import check_array, check_heads, check_positive, check_same_kind
+from minicrate.core.validate import (
+    check_array,
+    check_cotangent,
+    check_heads,
+    check_keys,
+    check_positive,
+    check_same_kind,
+)
 from minicrate.layers.fused.kernels import (
     affine,
     affine_t_matmul,
@@ -124,13 +131,19 @@ def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_e
     if not supports(**unused):
         raise ValueError(f"the fused layer implements the official form only, got {unused}")
     check_array(Z, "Z", min_ndim=2)
+    check_keys(params, ("ln1_gamma", "ln1_beta", "U", "W_out", "ln2_gamma", "ln2_beta", "D"))
     U, W_out, D = params["U"], params["W_out"], params["D"]
     b_out = params.get("b_out")
     *lead, N, d = Z.shape
     K, p = check_heads(U, d)
-    check_same_kind(Z=Z, U=U, W_out=W_out, D=D, b_out=b_out)
+    norms = {k: params[k] for k in ("ln1_gamma", "ln1_beta", "ln2_gamma", "ln2_beta")}
+    check_same_kind(Z=Z, U=U, W_out=W_out, D=D, b_out=b_out, **norms)
+    for k, v in norms.items():
+        check_array(v, k, shape=(d,), ndim=1, finite=False)
     check_array(W_out, "W_out", shape=(d, K * p), ndim=2, finite=False)
     check_array(D, "D", shape=(d, d), ndim=2, finite=False)
+    if b_out is not None:
+        check_array(b_out, "b_out", shape=(d,), ndim=1, finite=False)
     scale = 1.0 / math.sqrt(p) if scale is None else check_positive(scale, "scale")
     xp = namespace(Z, U)
     Z2 = xp.reshape(Z, (-1, d))
@@ -190,6 +203,9 @@ def layer_backward(dY, cache):
     Returns:
         ``(dZ, grads)``, grads keyed like the layer's params (``b_out`` only if present).
     """
+    if not isinstance(cache, FastLayerCache):
+        raise TypeError(f"cache must be the FastLayerCache from layer_forward, got {type(cache).__name__}")
+    check_cotangent(dY, cache["Z"].shape, cache["Z"])
     params = cache["params"]
     Bf, N, K, p, d = cache["dims"]
     U, W_out, D = params["U"], params["W_out"], params["D"]
