@@ -2,7 +2,8 @@
 
 Each sub-command lives in its own module under :mod:`minicrate.commands` and
 defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``;
-this file only discovers them, so adding a command never touches this file.
+this file only discovers them, so adding a command never touches this file
+(a module without ``NAME``, such as the shared options, is not a command).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from minicrate import commands
 def _command_modules():
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         if not info.name.startswith("_"):
-            yield importlib.import_module(f"{commands.__name__}.{info.name}")
+            module = importlib.import_module(f"{commands.__name__}.{info.name}")
+            if hasattr(module, "NAME"):
+                yield module
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
+from minicrate.commands.arguments import add_model_arguments, add_optimisation_arguments
+
 NAME = "train"
 HELP = "train CRATE on digits or MNIST-5k (progress bar, checkpoint every epoch, --resume)"
-
-
-def add_model_arguments(p):
-    g = p.add_argument_group("model (defaults: the recipe's preset)")
-    g.add_argument("--preset", help="model preset (minicrate.models.classifier.PRESETS), e.g. digits, mnist")
-    g.add_argument("--dim", type=int, help="token width d")
-    g.add_argument("--depth", type=int, help="number of layers L")
-    g.add_argument("--heads", type=int, help="number of heads K (p = d/K)")
-    g.add_argument("--patch", type=int, dest="patch_size", help="patch size in pixels")
-    g.add_argument(
-        "--pool", choices=["cls", "mean"], help="classify from the class token or the mean token"
-    )
-    g.add_argument("--dtype", choices=["float32", "float64"])
 
 
 def add_arguments(p):
@@ -27,18 +16,7 @@ def add_arguments(p):
         help="data set; also picks the recipe whose defaults the other options override",
     )
     add_model_arguments(p)
-    g = p.add_argument_group("optimisation (defaults: the recipe's)")
-    g.add_argument("--optimizer", choices=["adamw", "lion", "sgd"])
-    g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--wd", type=float, dest="weight_decay", help="decoupled weight decay")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch", type=int, dest="batch_size")
-    g.add_argument("--warmup", type=float, dest="warmup_epochs", help="linear warm-up, in epochs")
-    g.add_argument("--clip", type=float, help="clip the global gradient norm (0: off)")
-    g.add_argument("--shift", type=int, help="random-shift augmentation in pixels (0: off)")
-    g.add_argument(
-        "--seed", type=int, help="seed of the initialisation, batch order and augmentation"
-    )
+    add_optimisation_arguments(p, seeds="the initialisation, batch order and augmentation")
     p.add_argument("--backend", default="numpy", help="numpy, torch, cupy or array_api_strict")
     p.add_argument("--out", help="run directory (default runs/<data>)")
     p.add_argument(

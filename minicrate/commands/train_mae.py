@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from minicrate.commands.arguments import add_optimisation_arguments
+
 NAME = "train-mae"
 HELP = "train CRATE-MAE on MNIST-5k or digits (masked-patch MSE, checkpoint every epoch, --resume, linear probe)"
 
@@ -24,16 +26,7 @@ def add_arguments(p):
     g.add_argument("--out-init-gain", type=float, dest="out_init_gain",
                    help="initial scale of the attention output maps W_out (1: as released; default 0.1)")
     g.add_argument("--dtype", choices=["float32", "float64"])
-    g = p.add_argument_group("optimisation (defaults: the recipe's)")
-    g.add_argument("--optimizer", choices=["adamw", "lion", "sgd"])
-    g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--wd", type=float, dest="weight_decay", help="decoupled weight decay")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch", type=int, dest="batch_size")
-    g.add_argument("--warmup", type=float, dest="warmup_epochs", help="linear warm-up, in epochs")
-    g.add_argument("--clip", type=float, help="clip the global gradient norm (0: off)")
-    g.add_argument("--shift", type=int, help="random-shift augmentation in pixels (0: off)")
-    g.add_argument("--seed", type=int, help="seed of the initialisation, batch order and masks")
+    add_optimisation_arguments(p, seeds="the initialisation, batch order and masks")
     p.add_argument("--backend", default="numpy", help="numpy, torch, cupy or array_api_strict")
     p.add_argument("--out", help="run directory (default runs/mae-<data>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
