@@ -26,9 +26,6 @@ FLOORS = {
     "commands": 8, "cli": 8, "runs": 8, "__main__": 8, "__init__": 9,
 }
 MAX_LINES = 400
-# grading/ has not been split yet (issue 15 stays open for it): its modules are held to the rules by
-# test_grading_follows_the_house_rules, marked as an expected failure until the split lands.
-PENDING = "minicrate.grading"
 
 
 def _modules():
@@ -119,12 +116,8 @@ def _cycles():
     return cycles
 
 
-def _pending(finding):
-    return PENDING in finding
-
-
 def test_no_import_cycles():
-    cycles = [c for c in _cycles() if not _pending(c)]
+    cycles = _cycles()
     assert not cycles, "\n".join(cycles)
 
 
@@ -138,25 +131,14 @@ def _private_imports():
 
 
 def test_no_private_name_crosses_a_module():
-    bad = [f for f in _private_imports() if not _pending(f)]
+    bad = _private_imports()
     assert not bad, "\n".join(bad)
 
 
-def _too_long():
-    return [f"{m} has {n} lines" for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES]
-
-
-@pytest.mark.parametrize("module", sorted(m for m in MODULES if not m.startswith(PENDING)))
+@pytest.mark.parametrize("module", sorted(MODULES))
 def test_files_stay_small(module):
     n = len(MODULES[module].read_text().splitlines())
     assert n <= MAX_LINES, f"{MODULES[module]} has {n} lines (at most {MAX_LINES}: one job per file)"
-
-
-@pytest.mark.xfail(strict=True, reason="grading/ is still 5 modules with cycles, private imports and files over "
-                   "400 lines; its split is the open part of issue 15")
-def test_grading_follows_the_house_rules():
-    bad = [f for f in _cycles() + _private_imports() + _too_long() if _pending(f)]
-    assert not bad, "\n".join(bad)
 
 
 def _loops_over_steps(path):
