@@ -1,13 +1,13 @@
 """The decoder-layer mistake builders (minicrate.grading.mistakes.decoder): the library's layer
 at the default switches, and each switch the one wiring change it names."""
 
-import math
 
 import numpy as np
 import pytest
 
 from minicrate.grading.mistakes.decoder import decoder_backward_wired, decoder_forward_wired
 from minicrate.grading.mistakes.mssa import mssa_backward_variant
+from minicrate.grading.tasks.ch11 import build_decoder
 from minicrate.layers.decoder import decoder_layer_backward, decoder_layer_forward
 from minicrate.layers.mssa import mssa_forward
 from minicrate.ops.layernorm import layernorm_backward, layernorm_forward
@@ -16,21 +16,10 @@ SHAPES = [((), 1, 1, 2), ((2,), 3, 2, 2), ((2,), 4, 2, 3)]  # (lead, N, K, p)
 
 
 def _setup(lead, N, K, p, seed):
-    r = np.random.default_rng(seed)
-    d = K * p
-    params = {
-        "ln1_gamma": 1.0 + 0.2 * r.standard_normal(d),
-        "ln1_beta": 0.2 * r.standard_normal(d),
-        "E": r.standard_normal((d, d)) / math.sqrt(d),
-        "ln2_gamma": 1.0 + 0.2 * r.standard_normal(d),
-        "ln2_beta": 0.2 * r.standard_normal(d),
-        "U": r.standard_normal((K, d, p)) / math.sqrt(d),
-        "W_out": r.standard_normal((d, K * p)) / math.sqrt(K * p),
-        "b_out": 0.2 * r.standard_normal(d),
-    }
-    Z = r.standard_normal((*lead, N, d))
-    dY = r.standard_normal((*lead, N, d))
-    return Z, params, dY
+    """A decoder-layer case as the grader builds it (task 11.1's builder)."""
+    case = build_decoder({"B": lead[0] if lead else 0, "N": N, "K": K, "p": p, "seed": seed}, np)
+    Z, params = case.args
+    return Z, params, case.dout
 
 
 def _ln(X, params, which):

@@ -11,6 +11,7 @@ import pytest
 from minicrate.grading.mistakes import ista as wi
 from minicrate.grading.mistakes import layer as wl
 from minicrate.grading.mistakes import layernorm as wln
+from minicrate.grading.tasks.ch07 import build_layer
 from minicrate.layers.encoder import encoder_layer_backward, encoder_layer_forward
 from minicrate.layers.ista import ista_backward, ista_forward
 from minicrate.layers.mssa import mssa_backward, mssa_forward
@@ -141,20 +142,10 @@ def test_wrong_layernorm_backwards_are_the_slips_they_name(lead):
 
 
 def _layer_setup(lead, seed=0, N=3, K=2, p=2):
-    r = np.random.default_rng(seed)
-    d = K * p
-    params = {
-        "ln1_gamma": 1.0 + 0.2 * r.standard_normal(d),
-        "ln1_beta": 0.2 * r.standard_normal(d),
-        "U": r.standard_normal((K, d, p)) / math.sqrt(d),
-        "W_out": r.standard_normal((d, K * p)) / math.sqrt(K * p),
-        "b_out": 0.2 * r.standard_normal(d),
-        "ln2_gamma": 1.0 + 0.2 * r.standard_normal(d),
-        "ln2_beta": 0.2 * r.standard_normal(d),
-        "D": r.standard_normal((d, d)) / math.sqrt(d),
-    }
-    Z = r.standard_normal((*lead, N, d))
-    return Z, params, r.standard_normal(Z.shape)
+    """An encoder-layer case as the grader builds it (task 7.3's builder: ISTA away from its kink)."""
+    case = build_layer({"B": lead[0] if lead else 0, "N": N, "K": K, "p": p, "seed": seed}, np)
+    Z, params = case.args
+    return Z, params, case.dout
 
 
 def _ln(X, params, which):

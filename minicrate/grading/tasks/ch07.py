@@ -190,7 +190,7 @@ def _min_preactivation(Z, params):
     return np.min(np.abs(ista_preactivation(ista["X"], ista["D"], ista["eta"], 0.1)))
 
 
-def _build_layer(spec, xp):
+def build_layer(spec, xp):
     """Seeds are tried in turn until every ISTA pre-activation is 0.05 away from the kink."""
     K, p = spec["K"], spec["p"]
     shape = (*lead(spec), spec["N"], K * p)
@@ -351,7 +351,7 @@ TASKS = [
         title="Z½ = Z + MSSA(LN₁(Z)); Y = ISTA(LN₂(Z½)) (official form); returns (Y, cache)",
         kind="function",
         strategy=layer_spec(),
-        build=_build_layer,
+        build=build_layer,
         reference=_ref_layer_forward,
         outputs=forward_output(),
         argnames=("Z", "params"),
@@ -371,7 +371,7 @@ TASKS = [
         title="(dZ, grads) for the whole layer, grads keyed like params",
         kind="backward",
         strategy=layer_spec(),
-        build=_build_layer,
+        build=build_layer,
         reference=_ref_layer_backward,
         outputs=backward_outputs("dZ", LAYER_KEYS),
         argnames=("Z", "params"),
