@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP)
 
-## The main job: train CRATE on real digits and report (see README).
+## The main job: train CRATE on real digits and report (see README); a second `make run` starts the
+## demo run over (--overwrite), where `python -m minicrate quickstart` alone refuses to replace a run.
 run: $(STAMP)
-	$(PY) -m minicrate quickstart
+	$(PY) -m minicrate quickstart --overwrite
 
 ## The whole test suite, as CI runs it (installs headless Chromium for the book's browser test when root).
 test: $(STAMP)

@@ -3,7 +3,7 @@ r"""Accuracy and wall time of the training recipes (issue 4's figures to reach).
 
 For each seed: trains a recipe of :data:`minicrate.training.classifier.RECIPES` from scratch
 with the hand-written backward, then measures the layer-wise R^c and sparsity
-(spec §6.1) of the trained model against its initialisation.  Prints one line
+(the paper's layer-wise protocol) of the trained model against its initialisation.  Prints one line
 per seed and a Markdown table for the README; writes each run into
 ``--out/<data>-seed<k>`` (``metrics.json``, ``curves.png``, ``measure.json``,
 ``measure.png``, ``attention.png``).
@@ -61,6 +61,7 @@ def main(argv=None):
             model_config,
             train_config,
             run,
+            overwrite=True,  # a rerun replaces the benchmark's own run
             progress=args.progress,
             threads=args.threads,
             log=lambda line: print("   " + line, flush=True),

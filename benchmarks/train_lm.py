@@ -114,7 +114,7 @@ def run_form(form, budget, out, *, corpus, t_start, progress, log):
         f"{steps} steps ({steps * tc.batch_size * mc.context:,} training characters), "
         f"evaluation every {eval_every}")
     cpu0 = time.process_time()
-    result = train_lm(mc, tc, os.path.join(out, form), progress=progress, corpus=corpus, log=log)
+    result = train_lm(mc, tc, os.path.join(out, form), overwrite=True, progress=progress, corpus=corpus, log=log)
     with open(os.path.join(out, form, "metrics.json")) as f:
         metrics = json.load(f)
     summary = {

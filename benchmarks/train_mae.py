@@ -68,7 +68,8 @@ def main(argv=None):
         print(f"   {tc}", flush=True)
         load_before, start = _load(), time.perf_counter()
         with limit_threads(args.threads):
-            result = train_mae(config, tc, run, resume=args.resume, progress=args.progress,
+            result = train_mae(config, tc, run, resume=args.resume, overwrite=not args.resume,
+                               progress=args.progress,
                                log=lambda line: print("   " + line, flush=True))
         total = time.perf_counter() - start
         png, _ = reconstruct_figure(run, count=10)

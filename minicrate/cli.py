@@ -4,6 +4,9 @@ Each sub-command lives in its own module under :mod:`minicrate.commands` and
 defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``;
 this file only discovers them, so adding a command never touches this file
 (a module without ``NAME``, such as the shared options, is not a command).
+
+Errors from bad input, files and the disk print as one line without a traceback
+(exit code 1); Ctrl-C outside a training loop prints one line too (exit code 130).
 """
 
 from __future__ import annotations
@@ -44,10 +47,16 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as err:
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as err:
         # Errors from bad input are explained by their message; no traceback.
         print(f"minicrate {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C outside a training loop's own handling (loading data, a second Ctrl-C):
+        # one line, and the shell's code for SIGINT.
+        print(f"minicrate {args.command}: interrupted; stopped at once, nothing more was written "
+              "(a run keeps its last checkpoint)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -205,9 +205,12 @@ def test_make_student_refuses_foreign_folders_and_rewrites_its_own(tmp_path):
         ms.make_student(EXERCISES, os.path.join(EXERCISES, "dist"))
     dest = tmp_path / "out"
     ms.make_student(EXERCISES, str(dest))
+    ms.make_student(EXERCISES, str(dest))  # its own folder: replaced without asking
     (dest / "stale.ipynb").write_text("{}")
     from minicrate.cli import main
 
-    assert main(["make-student", EXERCISES, str(dest)]) == 0
+    assert main(["make-student", EXERCISES, str(dest)]) == 1  # a file it did not write
+    assert (dest / "stale.ipynb").exists()
+    assert main(["make-student", EXERCISES, str(dest), "--force"]) == 0
     assert not (dest / "stale.ipynb").exists()
     assert (dest / ms.MARKER_FILE).exists()

@@ -1,4 +1,4 @@
-"""Command-line options shared by the training commands (``train``, ``train-mae``)."""
+"""Command-line options shared by the training commands (``train``, ``train-mae``, ``train-lm``)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,13 @@ def add_optimisation_arguments(p, *, seeds):
     g.add_argument("--clip", type=float, help="clip the global gradient norm (0: off)")
     g.add_argument("--shift", type=int, help="random-shift augmentation in pixels (0: off)")
     g.add_argument("--seed", type=int, help=f"seed of {seeds}")
+
+
+def add_resume_arguments(p):
+    """``--resume`` and ``--overwrite``, which exclude each other: what to do with an ``--out``
+    that already holds a run (without either, such a directory is refused)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start again from scratch in an --out that holds a run (its checkpoint, "
+                        "metrics, curves and vocabulary are replaced)")

@@ -31,7 +31,7 @@ def run(args):
     )
     print(
         f"layer-wise measurements on {result['trained']['n_images']} {args.subset} images "
-        "(R^c: spec §6.1 protocol, eps^2 = 0.01; nonzero: fraction of the ISTA output)"
+        "(R^c: the official protocol, eps^2 = 0.01; nonzero: fraction of the ISTA output)"
     )
     print(format_table(result))
     print(f"wrote {json_path} and {png}")

@@ -8,6 +8,8 @@ attention figure into the run directory.
 
 from __future__ import annotations
 
+from minicrate.commands.arguments import add_resume_arguments
+
 NAME = "quickstart"
 HELP = "train CRATE on sklearn's digits, print test accuracy, write measurement + attention figures"
 
@@ -18,7 +20,7 @@ def add_arguments(p):
     )
     p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted quickstart run")
+    add_resume_arguments(p)
     p.add_argument(
         "--threads", type=int, default=1, help="BLAS threads for NumPy (0: library default)"
     )
@@ -51,6 +53,7 @@ def run(args):
                 train_config,
                 args.out,
                 resume=args.resume,
+                overwrite=args.overwrite,
                 progress=not args.no_progress,
                 handle_signals=True,
                 log=lambda line: print(line, flush=True),
@@ -68,7 +71,7 @@ def run(args):
         f"(training took {result['wall_time_s']:.0f} s)"
     )
     print()
-    print("Layer-wise white-box measurements (spec §6.1), trained vs at initialisation:")
+    print("Layer-wise white-box measurements (the paper's protocol), trained vs at initialisation:")
     print(format_table(measured))
     print()
     for label, path in (

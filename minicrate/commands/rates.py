@@ -18,7 +18,7 @@ def class_rates(images, labels, eps, xp):
     Images are flattened and scaled to unit norm (as in MCR²), so the rate
     measures spread of directions, not brightness.  Returns ``(rows, R_all,
     delta_R)`` where ``delta_R = R(all) − Σ_j (N_j/N) R(class j)`` is the rate
-    reduction with class memberships (spec §1.3's MCR² relation).
+    reduction with class memberships (MCR², Yu et al. 2020).
     """
     import numpy as np
 

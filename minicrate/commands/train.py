@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from minicrate.commands.arguments import add_model_arguments, add_optimisation_arguments
+from minicrate.commands.arguments import (
+    add_model_arguments,
+    add_optimisation_arguments,
+    add_resume_arguments,
+)
 
 NAME = "train"
 HELP = "train CRATE on digits or MNIST-5k (progress bar, checkpoint every epoch, --resume)"
@@ -19,9 +23,7 @@ def add_arguments(p):
     add_optimisation_arguments(p, seeds="the initialisation, batch order and augmentation")
     p.add_argument("--backend", default="numpy", help="numpy, torch, cupy or array_api_strict")
     p.add_argument("--out", help="run directory (default runs/<data>)")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
-    )
+    add_resume_arguments(p)
     p.add_argument(
         "--checkpoint-every",
         type=int,
@@ -101,6 +103,7 @@ def run(args):
                 train_config,
                 out,
                 resume=args.resume,
+                overwrite=args.overwrite,
                 progress=not args.no_progress,
                 handle_signals=True,
                 log=lambda line: print(line, flush=True),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from minicrate.commands.arguments import add_resume_arguments
 from minicrate.training.lm import (  # noqa: F401  (re-exported: older imports name them here)
     DEFAULT_LR,
     LMTrainConfig,
@@ -43,7 +44,7 @@ def add_arguments(p):
     p.add_argument("--form", choices=["causal", "masked"], default="causal",
                    help="causal (GPT-style, next character) or masked (BERT-style, 15%% masks)")
     p.add_argument("--out", default=None, help="run directory (default runs/lm-<form>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_resume_arguments(p)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--context", type=int, default=64, help="characters per window")
@@ -95,17 +96,20 @@ def train_config_from(args):
 def run(args):
     from minicrate.data.text import load_corpus
     from minicrate.models import lm
+    from minicrate.training.rundir import check_run_dir
 
     tc = train_config_from(args)
+    out = args.out or os.path.join("runs", f"lm-{args.form}")
+    check_run_dir(out, resume=args.resume, overwrite=args.overwrite)  # before reading the plays
     corpus = load_corpus(val_plays=tc.val_plays, seed=tc.split_seed, markdown=tc.markdown)
     mc = model_config_for(corpus.vocab.size, args)
-    out = args.out or os.path.join("runs", f"lm-{args.form}")
     print(f"{mc.form} CRATE language model: {lm.param_count(mc):,} parameters, "
           f"{corpus.vocab.size} characters; {corpus.train.size:,} training characters "
           f"({len(corpus.train_plays)} plays), {corpus.val.size:,} validation characters "
           f"({', '.join(corpus.val_plays)})")
     try:
-        result = train_lm(mc, tc, out, resume=args.resume, progress=not args.no_progress,
+        result = train_lm(mc, tc, out, resume=args.resume, overwrite=args.overwrite,
+                          progress=not args.no_progress,
                           handle_signals=True, corpus=corpus)
     except TrainingInterrupted as err:
         print(err)

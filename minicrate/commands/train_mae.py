@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from minicrate.commands.arguments import add_optimisation_arguments
+from minicrate.commands.arguments import add_optimisation_arguments, add_resume_arguments
 
 NAME = "train-mae"
 HELP = "train CRATE-MAE on MNIST-5k or digits (masked-patch MSE, checkpoint every epoch, --resume, linear probe)"
@@ -29,7 +29,7 @@ def add_arguments(p):
     add_optimisation_arguments(p, seeds="the initialisation, batch order and masks")
     p.add_argument("--backend", default="numpy", help="numpy, torch, cupy or array_api_strict")
     p.add_argument("--out", help="run directory (default runs/mae-<data>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    add_resume_arguments(p)
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also checkpoint every this many steps (default: every epoch only)")
     p.add_argument("--no-probe", action="store_true", help="skip the final linear probe")
@@ -80,7 +80,8 @@ def run(args):
           f"{t.weight_decay}, {t.epochs} epochs of batch {t.batch_size}, backend {t.backend} -> {out}", flush=True)
     try:
         with limit_threads(args.threads):
-            result = train_mae(model_config, train_config, out, resume=args.resume, progress=not args.no_progress,
+            result = train_mae(model_config, train_config, out, resume=args.resume, overwrite=args.overwrite,
+                               progress=not args.no_progress,
                                handle_signals=True, probe=not args.no_probe,
                                log=lambda line: print(line, flush=True))
     except TrainingInterrupted as err:

@@ -20,7 +20,12 @@ checkpoint or the new one, never a half-written file.
 ``ValueError``) for a truncated or corrupted archive, a file that is not a
 minicrate checkpoint, or a newer format version, and :func:`check_config` /
 :func:`check_params` say which fields or shapes differ when a checkpoint does
-not match the model it is loaded into.
+not match the model it is loaded into.  A crafted file gets the same: before
+any array is read, each entry's declared shape and dtype must fit the bytes it
+holds (a header declaring 10^11 elements is refused, not allocated), the header
+must hold a dict ``config``, a list of names ``params`` and a dict ``extra``, and
+:func:`check_params` refuses parameters that are not finite floating arrays.  Each
+message names the file and the entry.
 
 Parameters come back as NumPy arrays; move them to another backend with
 :func:`minicrate.core.backend.host_to` (what :mod:`minicrate.training.classifier` does).
@@ -30,9 +35,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -174,12 +181,43 @@ def save(path, params, config, extra=None):
     return path
 
 
+def _check_entries(path):
+    """Every entry of the archive is an ``.npy`` array whose header's shape and dtype fit the
+    bytes it holds: a crafted header must not make NumPy allocate 10^11 elements."""
+    fmt = np.lib.format
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                with zf.open(info) as f:
+                    try:
+                        version = fmt.read_magic(f)
+                        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                        shape, _, dtype = read(f)
+                    except ValueError as err:
+                        raise CheckpointError(f"{path!r}: entry {name!r} is not a NumPy array ({err})") from None
+                    start = f.tell()
+                if dtype.hasobject:
+                    raise CheckpointError(f"{path!r}: entry {name!r} holds Python objects (dtype {dtype}); "
+                                          "a checkpoint holds numbers only")
+                declared, held = math.prod(shape) * dtype.itemsize, info.file_size - start
+                if declared != held:
+                    raise CheckpointError(f"{path!r}: entry {name!r} declares shape {tuple(shape)} {dtype} "
+                                          f"({declared:,} bytes) but holds {held:,} bytes")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as err:
+        raise CheckpointError(f"{path!r} ({os.path.getsize(path)} bytes) is not a readable minicrate "
+                              f"checkpoint: it is truncated, corrupted or not an .npz archive "
+                              f"({type(err).__name__}: {err})") from None
+
+
 def _open(path):
     path = _fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if os.path.isdir(path):
         raise CheckpointError(f"{path!r} is a directory, not a checkpoint file")
+    if zipfile.is_zipfile(path):
+        _check_entries(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except _READ_ERRORS as err:
@@ -216,6 +254,16 @@ def _open(path):
             f"{path!r} has checkpoint format version {version!r}; this minicrate reads versions "
             f"up to {VERSION} (upgrade minicrate)"
         )
+    for entry, kinds, what in (("config", (Mapping, type(None)), "a dict of the model's fields"),
+                               ("params", list, "a list of parameter names"),
+                               ("extra", Mapping, "a dict")):
+        value = meta.get(entry, [] if entry == "params" else None if entry == "config" else {})
+        bad = not isinstance(value, kinds) or (
+            entry == "params" and not all(isinstance(k, str) and k for k in value))
+        if bad:
+            archive.close()
+            raise CheckpointError(f"{path!r}: header entry {entry!r} must be {what}, got "
+                                  f"{_describe(value)[:80]}")
     return archive, meta
 
 
@@ -258,8 +306,8 @@ def load(path, *, expect_config=None, config_cls=None):
     params = {k: arrays[f"params/{k}"] for k in meta["params"]}
     try:
         extra = _join_extra(meta.get("extra", {}), arrays)
-    except KeyError as err:
-        raise CheckpointError(f"{source!r} lacks the array {err} named in its header") from None
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{source!r} lacks the array {err} named in its header entry 'extra'") from None
     if config_cls is None and dataclasses.is_dataclass(expect_config):
         config_cls = type(expect_config)
     config = config_from_dict(meta.get("config"), source=source, config_cls=config_cls)
@@ -275,6 +323,9 @@ def config_from_dict(data, *, source="checkpoint", config_cls=None):
     """
     if data is None:
         return None
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{source}: entry 'config' must be a dict of the model's fields, got "
+                              f"{_describe(data)[:80]}")
     if config_cls is None:
         return dict(data)
     name = config_cls.__name__
@@ -305,7 +356,9 @@ def check_config(stored, expected, *, source="checkpoint"):
 
 def check_params(params, reference, *, source="checkpoint"):
     """Keys and shapes of ``params`` must equal those of ``reference`` (e.g. a
-    fresh ``init_params(config)``); raise :class:`CheckpointError` otherwise."""
+    fresh ``init_params(config)``), and every parameter must be a floating array of
+    finite numbers (a run that went to NaN is not evaluated as if it had trained);
+    raise :class:`CheckpointError` naming ``source`` and the parameter otherwise."""
     missing = sorted(set(reference) - set(params))
     unexpected = sorted(set(params) - set(reference))
     shapes = [
@@ -322,3 +375,12 @@ def check_params(params, reference, *, source="checkpoint"):
         if shapes:
             parts.append("shape mismatch " + "; ".join(shapes[:5]))
         raise CheckpointError(f"{source} does not match the model: " + ", ".join(parts))
+    for k in reference:
+        value = np.asarray(to_numpy(params[k]))
+        if value.dtype.kind != "f":
+            raise CheckpointError(f"{source}: parameter {k!r} must be a floating array, got "
+                                  f"{_describe(value)}")
+        bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+        if bad:
+            raise CheckpointError(f"{source}: parameter {k!r} holds {bad} of {value.size} values "
+                                  "that are NaN or inf; the run diverged or the file is damaged")

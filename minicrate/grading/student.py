@@ -19,16 +19,28 @@ written to ``DEST`` twice, as MyST ``.md`` and as ``.ipynb``, with:
   ``*Write your answer here.*``;
 * every output and execution count cleared.
 
-``DEST`` must be empty, absent, or a folder this command wrote before (it
-holds a ``.minicrate-student`` marker); it is then emptied first, so the
-bundle never carries stale files, caches or solutions.
+Nothing is deleted before everything has been checked, and nothing the
+instructor wrote is deleted at all without ``force``:
+
+1. the source is read and every notebook stripped (a missing folder, no
+   notebooks or a malformed solution marker stops here, with ``DEST`` untouched);
+2. ``DEST`` may be absent, empty, or a folder this command wrote before: its
+   ``.minicrate-student`` marker lists every file written, with its SHA-256.  A
+   file there that is not on that list, or that was edited since, makes the
+   command refuse (naming it) unless ``force``.  A ``DEST`` that is or contains
+   the source or the current folder is refused even with ``force``;
+3. the bundle is written into a temporary folder beside ``DEST``, which then
+   takes ``DEST``'s place (two renames); a failure on the way leaves ``DEST`` as
+   it was.  So the bundle never carries stale files, caches or solutions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
+import tempfile
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -150,27 +162,115 @@ installed with its ``dev`` extra: ``pip install -e ".[dev]"``).
 """
 
 
-def make_student(src: str, dest: str) -> list:
+def _sha256(path):
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def _written_before(dest):
+    """``{relative path: sha256 or None}`` that an earlier make-student wrote into ``dest``
+    (its marker's list; a marker of an older version has none: its ``*.md``/``*.ipynb``
+    twins and ``README.md``, without hashes)."""
+    with open(os.path.join(dest, MARKER_FILE), encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    listed = dict(reversed(line.split("  ", 1)) for line in lines[1:] if "  " in line)
+    if listed:
+        return {**listed, MARKER_FILE: None}
+    names = set(os.listdir(dest))
+    twins = {n for n in names if n.endswith(".md") and n[:-3] + ".ipynb" in names}
+    return {n: None for n in twins | {t[:-3] + ".ipynb" for t in twins} | {"README.md", MARKER_FILE}}
+
+
+CACHES = (".ipynb_checkpoints", "__pycache__", ".DS_Store")  # what opening the files leaves
+
+
+def _foreign_files(dest):
+    """What in ``dest`` make-student did not write (a file, or any folder but a cache),
+    or what was edited since."""
+    ours = _written_before(dest) if os.path.isfile(os.path.join(dest, MARKER_FILE)) else {}
+    foreign = []
+    for name in sorted(os.listdir(dest)):
+        path = os.path.join(dest, name)
+        if name in CACHES:
+            continue
+        if os.path.isdir(path) or os.path.islink(path) or name not in ours:
+            foreign.append(name + (os.sep if os.path.isdir(path) else ""))
+        elif ours[name] is not None and _sha256(path) != ours[name]:
+            foreign.append(f"{name} (edited)")
+    return foreign
+
+
+def _inside(path, folder):
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_destination(src: str, dest: str, force: bool = False) -> None:
+    """Refuse a ``dest`` that replacing would lose something in: the source or the current
+    folder inside it (always), a file that is not a folder, or files make-student did not
+    write or that were edited since (unless ``force``)."""
+    if _inside(dest, src):
+        raise ValueError(f"the student folder {dest} must lie outside the exercises folder {src}")
+    for what, inner in (("the exercises folder", src), ("the current folder", os.getcwd())):
+        if _inside(os.path.realpath(inner), dest):
+            raise ValueError(f"the student folder {dest} contains {what} {inner}; replacing it "
+                             "would delete it (choose another destination)")
+    if not os.path.lexists(dest):
+        return
+    if not os.path.isdir(dest) or os.path.islink(dest):
+        raise ValueError(f"{dest} exists and is not a folder; choose a folder")
+    foreign = [] if force else _foreign_files(dest)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(f"{dest} holds files not written by make-student ({shown}); replacing it "
+                         "would delete them: move them away, choose an empty or new folder, or "
+                         "pass --force")
+
+
+def _write_bundle(folder, stripped):
+    import jupytext  # optional (the dev extra)
+
+    written = []
+    for stem, nb in stripped:
+        jupytext.write(nb, os.path.join(folder, stem + ".md"), fmt="md:myst")
+        jupytext.write(nb, os.path.join(folder, stem + ".ipynb"), fmt="ipynb")
+        written += [stem + ".md", stem + ".ipynb"]
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as fh:
+        fh.write(STUDENT_README.format(listing=", ".join(f"``{s}``" for s, _ in stripped)))
+    written.append("README.md")
+    lines = ["written by `python -m minicrate make-student`; safe to delete. Its files (sha256):"]
+    lines += [f"{_sha256(os.path.join(folder, name))}  {name}" for name in written]
+    with open(os.path.join(folder, MARKER_FILE), "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def _replace(tmp, dest):
+    """Put the folder ``tmp`` in ``dest``'s place; on failure ``dest`` is as it was."""
+    if not os.path.lexists(dest):
+        os.rename(tmp, dest)
+        return
+    old = tempfile.mkdtemp(dir=os.path.dirname(dest), prefix=f".{os.path.basename(dest)}.old-")
+    os.rmdir(old)
+    os.rename(dest, old)
+    try:
+        os.rename(tmp, dest)
+    except BaseException:
+        os.rename(old, dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def make_student(src: str, dest: str, *, force: bool = False) -> list:
     """Write the student bundle of every exercise notebook in ``src`` into ``dest``.
 
+    Everything is checked before anything is written (see the module docstring);
+    ``force`` replaces a ``dest`` that holds files make-student did not write.
     Returns the list of notebook stems written.
     """
     import jupytext  # optional (the dev extra)
 
-    src, dest = os.path.abspath(src), os.path.abspath(dest)
+    src, dest = os.path.realpath(src), os.path.realpath(dest)
     if not os.path.isdir(src):
         raise FileNotFoundError(f"no exercises folder at {src}")
-    if dest == src or dest.startswith(src + os.sep):
-        raise ValueError(f"the student folder {dest} must lie outside the exercises folder {src}")
-    if os.path.exists(dest):
-        if not os.path.isdir(dest):
-            raise ValueError(f"{dest} exists and is not a folder")
-        if os.listdir(dest) and not os.path.exists(os.path.join(dest, MARKER_FILE)):
-            raise ValueError(
-                f"{dest} is not empty and was not written by make-student; "
-                "choose an empty or new folder"
-            )
-        shutil.rmtree(dest)
     names = sorted(f for f in os.listdir(src) if is_exercise(os.path.join(src, f)))
     if not names:
         raise FileNotFoundError(f"no MyST exercise notebooks (.md with code cells) in {src}")
@@ -178,12 +278,22 @@ def make_student(src: str, dest: str) -> list:
     for name in names:  # strip everything before writing anything
         nb = jupytext.read(os.path.join(src, name), fmt="md:myst")
         stripped.append((name[:-3], strip_notebook(nb, os.path.join(src, name))))
-    os.makedirs(dest)
-    for stem, nb in stripped:
-        jupytext.write(nb, os.path.join(dest, stem + ".md"), fmt="md:myst")
-        jupytext.write(nb, os.path.join(dest, stem + ".ipynb"), fmt="ipynb")
-    with open(os.path.join(dest, "README.md"), "w", encoding="utf-8") as fh:
-        fh.write(STUDENT_README.format(listing=", ".join(f"``{s}``" for s, _ in stripped)))
-    with open(os.path.join(dest, MARKER_FILE), "w", encoding="utf-8") as fh:
-        fh.write("written by `python -m minicrate make-student`; safe to delete\n")
+    check_destination(src, dest, force)
+    parent, base = os.path.split(dest)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.new-")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # a folder like any other, not mkdtemp's 0700
+        _write_bundle(tmp, stripped)
+        _replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    for name in os.listdir(parent):  # what an earlier, killed make-student left beside DEST
+        left = os.path.join(parent, name)
+        if name.startswith((f".{base}.new-", f".{base}.old-")) and os.path.isfile(
+                os.path.join(left, MARKER_FILE)):
+            shutil.rmtree(left, ignore_errors=True)
     return [s for s, _ in stripped]

@@ -38,6 +38,7 @@ from minicrate.training.rundir import (  # noqa: F401  (older imports name them 
     METRICS,
     TrainingDiverged,
     TrainingInterrupted,
+    check_run_dir,
     checkpoint_path,
     limit_threads,
 )
@@ -300,7 +301,8 @@ class ClassifierTask(EpochTask):
     def plot(self, history, path):
         from minicrate.measure.plotting import plot_curves
 
-        plot_curves(history, path, title=f"CRATE on {self.tc.data} ({param_count(self.mc):,} parameters)")
+        name = "ViT" if self.mc.block == "transformer" else "CRATE"
+        plot_curves(history, path, title=f"{name} on {self.tc.data} ({param_count(self.mc):,} parameters)")
 
     def result(self, params, history, step, metrics, status):
         return {"params": params, "history": history, "test_accuracy": metrics["test_accuracy"],
@@ -314,6 +316,7 @@ def train(
     out_dir,
     *,
     resume=False,
+    overwrite=False,
     progress=True,
     handle_signals=False,
     stop_after_steps=None,
@@ -330,6 +333,7 @@ def train(
         resume: continue from ``out_dir/checkpoint.npz``; the model config and
             recipe must match the checkpoint's (``epochs`` may be raised,
             which re-shapes the remaining learning-rate schedule).
+        overwrite: start again in a directory that holds a run (refused without it).
         progress: show a tqdm bar per epoch.
         handle_signals: on SIGINT/SIGTERM finish the current step, save a
             checkpoint and raise :class:`TrainingInterrupted` (the CLI does this).
@@ -357,6 +361,7 @@ def train(
     if not isinstance(train_config, TrainConfig):
         raise TypeError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
     out_dir = run_dir(out_dir)
+    check_run_dir(out_dir, resume=resume, overwrite=overwrite)  # before loading any data
     if stop_after_steps is not None:
         stop_after_steps = check_int(stop_after_steps, "stop_after_steps", minimum=1)
     if threads is not None:
@@ -371,7 +376,7 @@ def train(
     with limit_threads(threads):
         task = ClassifierTask(model_config, train_config, workers=workers)
         keep_freed_memory()  # this process is ours for the run: reuse freed arrays (no page faults)
-        return fit(task, train_config, out_dir, resume=resume, progress=progress,
+        return fit(task, train_config, out_dir, resume=resume, overwrite=overwrite, progress=progress,
                    handle_signals=handle_signals, stop_after_steps=stop_after_steps, log=log)
 
 

@@ -26,17 +26,17 @@ import os
 import numpy as np
 
 from minicrate.core import checkpoint as ckpt
-from minicrate.core.backend import get_backend, host_to, namespace, to_numpy
+from minicrate.core.backend import get_backend, namespace, to_numpy
 from minicrate.core.validate import finite_checks
-from minicrate.data.text import Vocab, causal_batch, fixed_windows, masked_batch, random_windows
+from minicrate.data.text import causal_batch, fixed_windows, masked_batch, random_windows
 from minicrate.models import lm
-from minicrate.models.lm import LMConfig
 from minicrate.models.loss import lm_loss_forward
 from minicrate.models.sampling import generate
+from minicrate.training.lmfiles import load_checkpoint, load_run, read_vocab  # noqa: F401
 from minicrate.training.loop import fit
 from minicrate.training.optim import make_optimizer
 from minicrate.training.parallel.threads import map_chunks, one_thread_blas, weighted_combine
-from minicrate.training.rundir import CHECKPOINT, VOCAB
+from minicrate.training.rundir import VOCAB, check_run_dir
 
 
 @dataclasses.dataclass
@@ -185,32 +185,6 @@ def bigram_cross_entropy(corpus, alpha=1.0):
     return float(-logp[corpus.val[:-1], corpus.val[1:]].mean())
 
 
-def load_checkpoint(path):
-    """``(params, LMConfig, extra)`` of a train-lm checkpoint file (NumPy arrays)."""
-    params, _, extra = ckpt.load(path)
-    if "lm_config" not in extra:
-        raise ckpt.CheckpointError(f"{path!r} is not a language-model checkpoint (no lm_config); "
-                                   "classifier runs are read by 'minicrate train'")
-    return params, LMConfig.from_dict(extra["lm_config"]), extra
-
-
-def load_run(run_dir, *, backend="numpy"):
-    """``(params, LMConfig, vocab, extra)`` of a train-lm run directory (or checkpoint file)."""
-    path = os.fspath(run_dir)
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    ck = os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
-    if not os.path.exists(ck):
-        raise FileNotFoundError(f"no checkpoint at {ck!r} (give a train-lm run directory)")
-    params, config, extra = load_checkpoint(ck)
-    ckpt.check_params(params, lm.init_params(config), source=ck)
-    vocab = Vocab.load(os.path.join(folder, VOCAB))
-    if vocab.size != config.vocab_size:
-        raise ValueError(f"{VOCAB} has {vocab.size} characters but the model expects "
-                         f"{config.vocab_size}")
-    xp = get_backend(backend)
-    return {k: host_to(xp, v, v.dtype.name) for k, v in params.items()}, config, vocab, extra
-
-
 class LMTask:
     """A character language model for :func:`minicrate.training.loop.fit`: evaluation on the
     held-out plays every ``eval_every`` steps, a short sample at the end (causal form)."""
@@ -251,7 +225,15 @@ class LMTask:
         if saved_config != self.mc:
             ckpt.check_config(saved_config.to_dict(), self.mc.to_dict(), source=path)
         ckpt.check_params(saved, lm.init_params(self.mc), source=path)
+        vocab_file = os.path.join(os.path.dirname(os.fspath(path)), VOCAB)
+        if os.path.exists(vocab_file) and read_vocab(vocab_file) != self.corpus.vocab:
+            raise ckpt.CheckpointError(f"{vocab_file!r} is not this corpus's vocabulary "
+                                       f"({self.corpus.vocab.size} characters): not the run's text")
         return saved, extra
+
+    def run_files(self):
+        """``vocab.json``, written once every check of the run has passed."""
+        return {VOCAB: self.corpus.vocab.to_json()}
 
     def save_checkpoint(self, path, params, extra):
         ckpt.save(path, params, None, extra=extra)
@@ -343,7 +325,7 @@ class LMTask:
                 "wall_time_s": metrics["wall_time_s"], "status": status}
 
 
-def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True,
+def train_lm(model_config, train_config, out_dir, *, resume=False, overwrite=False, progress=True,
              handle_signals=False, stop_after_steps=None, corpus=None, log=print):
     """Train (or resume) a character language model; write the run directory.
 
@@ -354,7 +336,7 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
         out_dir: the run directory.
         resume: continue from ``out_dir/checkpoint.npz`` (same model and recipe;
             ``steps`` and evaluation settings may change).
-        progress, handle_signals, stop_after_steps, log: as in
+        overwrite, progress, handle_signals, stop_after_steps, log: as in
             :func:`minicrate.training.classifier.train`.
         corpus: a :class:`minicrate.data.text.Corpus` (default: all plays, split by
             ``train_config``), for tests that use a few plays.
@@ -370,15 +352,14 @@ def train_lm(model_config, train_config, out_dir, *, resume=False, progress=True
         raise TypeError(f"train_config must be an LMTrainConfig, got {type(tc).__name__}")
     if tc.form != mc.form:
         raise ValueError(f"train config form {tc.form!r} differs from model form {mc.form!r}")
+    check_run_dir(out_dir, resume=resume, overwrite=overwrite)  # before loading any data
     if corpus is None:
         corpus = load_corpus(val_plays=tc.val_plays, seed=tc.split_seed, markdown=tc.markdown)
     if corpus.vocab.size != mc.vocab_size:
         raise ValueError(f"model vocab_size {mc.vocab_size} != corpus vocabulary "
                          f"{corpus.vocab.size}")
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    corpus.vocab.save(os.path.join(out_dir, VOCAB))
     keep_freed_memory()  # the run owns this process: reuse freed arrays, no page faults
-    task = LMTask(mc, tc, corpus)
-    return fit(task, tc, out_dir, resume=resume, progress=progress, handle_signals=handle_signals,
-               stop_after_steps=stop_after_steps, log=log)
+    task = LMTask(mc, tc, corpus)  # vocab.json is written by fit, after every check of the run
+    return fit(task, tc, out_dir, resume=resume, overwrite=overwrite, progress=progress,
+               handle_signals=handle_signals, stop_after_steps=stop_after_steps, log=log)

@@ -20,6 +20,13 @@ holds the parameters, the optimiser state and the step, ``resume=True`` continue
 steps, then :class:`TrainingInterrupted`) or a hard kill (restart from the last
 checkpoint: at every evaluation and every ``checkpoint_every`` steps if set).
 
+The run holds its directory (:class:`minicrate.training.rundir.RunDirectory`) from
+start to end: locked against a second run, refused when it already holds a run
+and neither ``resume`` nor ``overwrite`` is given, and written only after every
+check passed (the checkpoint's entries: :func:`minicrate.training.resume.restore`).
+Every file goes through :func:`minicrate.training.rundir.writing`: a full disk is
+one :class:`~minicrate.training.rundir.RunWriteError` line, and no partial file stays.
+
 A *task* supplies what differs between models (see ``minicrate.training.classifier``,
 ``.mae`` and ``.lm``):
 
@@ -35,7 +42,9 @@ A *task* supplies what differs between models (see ``minicrate.training.classifi
   ``plot(history, path)``, ``where(step)``, ``bar_desc(step)``;
 * ``save_checkpoint(path, params, extra)``, ``load_checkpoint(path) -> (params, extra)``,
   ``checkpoint_extra(step)``; ``finish(params, log)`` (after a completed run) and
-  ``result(params, history, step, metrics, status)`` (the returned dict).
+  ``result(params, history, step, metrics, status)`` (the returned dict);
+  optionally ``run_files()`` -> ``{name: text}``, more files for the run directory
+  (the language model's ``vocab.json``), written once every check has passed.
 """
 
 from __future__ import annotations
@@ -47,16 +56,19 @@ import time
 from minicrate.core.backend import host_to
 from minicrate.core.validate import check_int, finite_checks
 from minicrate.training.optim import clip_by_global_norm, global_norm
+from minicrate.training.resume import restore
 from minicrate.training.rundir import (
     CHECKPOINT,
     CURVES,
     METRICS,
+    RunDirectory,
     Signals,
     TrainingDiverged,
     TrainingInterrupted,
-    check_resumable,
     progress_factory,
     write_json,
+    write_text,
+    writing,
 )
 from minicrate.training.schedule import warmup_cosine
 
@@ -82,32 +94,33 @@ class _Run:
         if not os.path.exists(self.ck_file):
             raise FileNotFoundError(f"--resume: no checkpoint at {self.ck_file!r}")
         saved, extra = self.task.load_checkpoint(self.ck_file)
-        check_resumable(extra.get("train_config", {}), self.task.config_dict(),
-                        self.task.resume_free, self.ck_file)
         self.params = {k: host_to(xp, v, v.dtype.name) for k, v in saved.items()}
-        self.optimizer.load_state_dict(extra["optimizer"], like=self.params)
-        # older classifier/MAE checkpoints keep the step inside "position"
-        self.step = int(extra["step"] if "step" in extra else extra["position"]["step"])
-        self.running = dict(extra["running"])
-        self.history = list(extra["history"])
-        self.wall_before = float(extra["wall_time_s"])
-        self.log(f"resumed {self.ck_file} at step {self.step}")
+        restore(self, extra, self.ck_file)  # every entry checked, CheckpointError naming it
 
     def save_state(self, status):
         extra = {"train_config": self.task.config_dict(), "optimizer": self.optimizer.state_dict(),
                  **self.task.checkpoint_extra(self.step), "step": self.step,
                  "running": dict(self.running), "history": self.history,
                  "wall_time_s": self.wall(), "status": status}
-        self.task.save_checkpoint(self.ck_file, self.params, extra)
+        with writing(self.ck_file, self.ck_file):
+            self.task.save_checkpoint(self.ck_file, self.params, extra)
 
     def write_metrics(self, status, message=None):
         metrics = self.task.metrics(status, message, self.history, self.step, self.wall())
-        write_json(self.metrics_file, metrics)
+        with writing(self.metrics_file, self.ck_file):
+            write_json(self.metrics_file, metrics)
         return metrics
+
+    def write_files(self, out_dir):
+        for name, text in getattr(self.task, "run_files", dict)().items():
+            path = os.path.join(out_dir, name)
+            with writing(path, self.ck_file):
+                write_text(path, text)
 
     def plot(self):
         if self.history:
-            self.task.plot(self.history, self.curves_file)
+            with writing(self.curves_file, self.ck_file):
+                self.task.plot(self.history, self.curves_file)
 
     def diverged(self, what, bar):
         bar.close()
@@ -135,17 +148,20 @@ def capped_warmup(warmup_steps, total_steps):
     return min(int(warmup_steps), int(total_steps))
 
 
-def fit(task, train_config, out_dir, *, resume=False, progress=True, handle_signals=False,
-        stop_after_steps=None, log=print):
+def fit(task, train_config, out_dir, *, resume=False, overwrite=False, progress=True,
+        handle_signals=False, stop_after_steps=None, log=print):
     """Run (or resume) ``task`` for ``task.total_steps`` steps; write the run directory.
 
     Args:
         task: the model's task object (see the module docstring).
         train_config: the recipe; ``lr``, ``min_lr``, ``clip``, ``checkpoint_every`` and
             (optionally) ``time_limit_s`` are read here.
-        out_dir: the run directory (created).
+        out_dir: the run directory (created; locked for the run).
         resume: continue from ``out_dir/checkpoint.npz`` (same model, same recipe up to
             ``task.resume_free``).
+        overwrite: start again from scratch in a directory that holds a run (its
+            checkpoint, metrics, curves and vocabulary are removed once every check passed);
+            without it (and without ``resume``) such a directory is refused.
         progress: a tqdm bar per evaluation period.
         handle_signals: SIGINT/SIGTERM finish the step, save and raise TrainingInterrupted.
         stop_after_steps: stop (with a checkpoint) after this many steps in total.
@@ -155,16 +171,25 @@ def fit(task, train_config, out_dir, *, resume=False, progress=True, handle_sign
     Raises:
         TrainingDiverged: the loss or gradient norm was not finite (the last checkpoint stays).
         TrainingInterrupted: a signal stopped the run (checkpoint written).
+        RunExists, RunInUse: ``out_dir`` holds a run (see ``overwrite``) or is in use by
+            another run (:class:`minicrate.training.rundir.RunDirectory`).
+        RunWriteError: a file could not be written (a full disk); the previous checkpoint
+            is intact.
+        CheckpointError: ``resume`` from a checkpoint that does not fit, naming the entry.
     """
     if stop_after_steps is not None:
         stop_after_steps = check_int(stop_after_steps, "stop_after_steps", minimum=1)
-    os.makedirs(out_dir, exist_ok=True)
-    run = _Run(task, train_config, out_dir, log)
-    if resume:
-        run.resume(task.xp)
-    run.t0 = time.perf_counter()
-    with Signals(handle_signals) as signals, finite_checks(False):
-        return _steps(run, signals, stop_after_steps, progress_factory(progress))
+    with RunDirectory(out_dir, resume=resume, overwrite=overwrite) as run_dir:
+        run = _Run(task, train_config, out_dir, log)
+        if resume:
+            run.resume(task.xp)
+        run_dir.prepare()  # every check passed: the first write into the directory
+        run.write_files(out_dir)
+        if resume:
+            run.log(f"resumed {run.ck_file} at step {run.step}")
+        run.t0 = time.perf_counter()
+        with Signals(handle_signals) as signals, finite_checks(False):
+            return _steps(run, signals, stop_after_steps, progress_factory(progress))
 
 
 def _steps(run, signals, stop_after_steps, make_bar):

@@ -36,7 +36,7 @@ from minicrate.models.masking import num_visible, random_masking
 from minicrate.training.classifier import TrainConfig, run_dir
 from minicrate.training.epochs import EpochTask
 from minicrate.training.loop import fit
-from minicrate.training.rundir import checkpoint_path
+from minicrate.training.rundir import check_run_dir, checkpoint_path
 
 MAE_RECIPES = {
     # benchmarks/train_mae.py runs these.  Measured (seed 0, NumPy, 1 thread, the other core busy):
@@ -213,8 +213,8 @@ class MAETask(EpochTask):
     def plot(self, history, path):
         from minicrate.measure.plotting import plot_mae_curves
 
-        plot_mae_curves(history, path,
-                        title=f"CRATE-MAE on {self.tc.data} ({mae_param_count(self.mc):,} parameters)")
+        name = "ViT-MAE" if self.mc.block == "transformer" else "CRATE-MAE"
+        plot_mae_curves(history, path, title=f"{name} on {self.tc.data} ({mae_param_count(self.mc):,} parameters)")
 
     def finish(self, params, log):
         if not self.probe:
@@ -229,8 +229,8 @@ class MAETask(EpochTask):
                 "wall_time_s": metrics["wall_time_s"], "steps": step, "status": status}
 
 
-def train_mae(model_config: MAEConfig, train_config, out_dir, *, resume=False, progress=True,
-              handle_signals=False, stop_after_steps=None, probe=True, log=print):
+def train_mae(model_config: MAEConfig, train_config, out_dir, *, resume=False, overwrite=False,
+              progress=True, handle_signals=False, stop_after_steps=None, probe=True, log=print):
     """Train (or resume) CRATE-MAE on a bundled data set; write the run directory.
 
     Args:
@@ -238,7 +238,7 @@ def train_mae(model_config: MAEConfig, train_config, out_dir, *, resume=False, p
         train_config: :class:`minicrate.training.classifier.TrainConfig` (its ``shift`` is
             the random-shift augmentation; 0 = off; a warm-up longer than the run is cut to it).
         out_dir: the run directory.
-        resume, progress, handle_signals, stop_after_steps, log: as in
+        resume, overwrite, progress, handle_signals, stop_after_steps, log: as in
             :func:`minicrate.training.classifier.train`.
         probe: run the linear probe at the end.
 
@@ -253,7 +253,8 @@ def train_mae(model_config: MAEConfig, train_config, out_dir, *, resume=False, p
     if not isinstance(train_config, TrainConfig):
         raise TypeError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
     out_dir = run_dir(out_dir)
+    check_run_dir(out_dir, resume=resume, overwrite=overwrite)  # before loading any data
     task = MAETask(model_config, train_config, probe=probe)
     keep_freed_memory()  # the run owns this process: reuse freed arrays, no page faults
-    return fit(task, train_config, out_dir, resume=resume, progress=progress,
+    return fit(task, train_config, out_dir, resume=resume, overwrite=overwrite, progress=progress,
                handle_signals=handle_signals, stop_after_steps=stop_after_steps, log=log)

@@ -24,7 +24,7 @@ Adam's second moments or flattened by Lion's sign.
       m̂ = m / (1−β1ᵗ);       v̂ = v / (1−β2ᵗ)
       θ ← θ − η_t (m̂ / (√v̂ + ε) + wd θ)
 
-* Lion, the optimiser of the CRATE paper (spec §4.4, lion-pytorch defaults
+* Lion, the optimiser of the CRATE paper (Chen et al. 2023; lion-pytorch defaults
   β1 = 0.9, β2 = 0.99)::
 
       c = β1 m + (1−β1) g
@@ -33,9 +33,9 @@ Adam's second moments or flattened by Lion's sign.
 
 The arrays are updated out of place (``params[k] = new``), so the code runs on
 every array-API backend, including ``array_api_strict`` which has no in-place
-arithmetic on views.  See ``../shared/spec/crate-math.md §4.4`` for the
-paper's recipes (Lion lr 2.4e-4, wd 0.5 at batch 2048; AdamW lr 4e-4, wd 0.1
-in the repo's ``main.py``).
+arithmetic on views.  The paper's recipe is Lion with lr 2.4e-4 and wd 0.5 at
+batch 2048; the official repository's ``main.py`` defaults to AdamW with lr
+4e-4 and wd 0.1 (the book's appendix *Derivations and constants* lists both).
 """
 
 from __future__ import annotations
@@ -318,7 +318,7 @@ class AdamW(Optimizer):
 
 
 class Lion(Optimizer):
-    """Lion (Chen et al. 2023), the CRATE paper's optimiser (spec §4.4)."""
+    """Lion (Chen et al. 2023), the CRATE paper's optimiser."""
 
     NAME = "lion"
     BUFFERS = ("m",)

@@ -3,7 +3,7 @@
 The training loop asks for ``lr = warmup_cosine(step, ...)`` before every
 update, so a resumed run (which knows its step) gets exactly the same rates as
 an uninterrupted one.  The official CRATE code steps its schedule once per
-*epoch* (``min((e+1)/20, ½(1+cos(πe/E)))``, spec §4.4); minicrate steps it per
+*epoch* (``min((e+1)/20, ½(1+cos(πe/E)))`` in ``main.py``); minicrate steps it per
 *update*, which is smoother on the small data sets used here and reduces to the
 same shape when ``steps_per_epoch`` is 1.
 """

@@ -24,6 +24,13 @@ them per step (5 MB on config (b), about a millisecond).  Each worker is
 ``python -m minicrate.training.parallel.procpool``, started once per pool with one BLAS thread;
 it keeps freed memory for reuse (:mod:`minicrate.core.allocator`).
 
+**Signals.**  A terminal's Ctrl-C (SIGINT) and a ``kill`` of the job (SIGTERM) go to
+every process of the foreground group.  The stop belongs to the parent (it finishes
+the step, saves and exits: :class:`minicrate.training.rundir.Signals`), so a worker
+starts in a session of its own, where those signals do not reach it, and ignores
+SIGINT and SIGTERM sent to it directly; the parent stops it (a ``close`` message,
+the end of its pipe, or SIGKILL after 5 s).
+
 The result equals the threaded one (same chunks, same arithmetic) and the
 one-chunk computation up to rounding; ``tests/test_procpool.py`` checks both.
 Only the forward+backward of the classifier's loss runs here; a forward whose
@@ -37,6 +44,7 @@ import contextlib
 import gc
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import traceback
@@ -76,7 +84,8 @@ class ProcessPool:
             to_parent_r, to_parent_w = os.pipe()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "minicrate.training.parallel.procpool", str(to_child_r), str(to_parent_w)],
-                pass_fds=(to_child_r, to_parent_w), env=env, close_fds=True)
+                pass_fds=(to_child_r, to_parent_w), env=env, close_fds=True,
+                start_new_session=True)  # the terminal's SIGINT/SIGTERM go to the parent only
             os.close(to_child_r)
             os.close(to_parent_w)
             proc.send = os.fdopen(to_child_w, "wb")
@@ -329,8 +338,16 @@ def _picklable(exc):
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
+def ignore_stop_signals():
+    """SIGINT and SIGTERM do nothing in this process (a worker: the parent handles them)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _worker_main(read_fd, write_fd):
     from minicrate.training.parallel.split import one_thread_blas
+
+    ignore_stop_signals()
 
     keep_freed_memory()
     recv, send = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
