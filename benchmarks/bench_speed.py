@@ -74,7 +74,7 @@ from minicrate.models.loss import cross_entropy_forward  # noqa: E402
 from minicrate.training.parallel import threads as parallel  # noqa: E402
 from minicrate.training.parallel.threads import default_workers  # noqa: E402
 
-# (a) and (b) from issue 8; (c) is CRATE-T (spec §4.2) at 224×224, for GPUs.
+# (a) and (b) from issue 8; (c) is CRATE-T (the paper's tiny ImageNet model) at 224×224, for GPUs.
 CONFIGS = {
     "a": dict(image_size=8, patch_size=2, channels=1, dim=64, depth=4, heads=4, num_classes=10,
               batch=128),

@@ -1,7 +1,7 @@
 r"""The official CRATE classifier written with PyTorch autograd: the benchmark's reference.
 
-This is the architecture of the official ``model/crate.py`` (spec §2.3, §3.2,
-§4.1) as an ordinary eager ``torch.nn.Module``, written the way that file
+This is the architecture of the official ``model/crate.py`` (its ``Attention``,
+``FeedForward`` and ``CRATE`` classes) as an ordinary eager ``torch.nn.Module``, written the way that file
 writes it, so the benchmark compares minicrate's hand-written backward with
 what a PyTorch user would run:
 

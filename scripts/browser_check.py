@@ -7,7 +7,12 @@ For every page it checks that
   ``mjx-container``, no ``mjx-merror`` (a TeX error) is shown, and no raw TeX
   (``$$``, ``\\(``, ``\\[``, ``\\begin{``, ...) is left in the visible text,
   navigation included;
-* every image loaded (``img.complete`` and ``naturalWidth > 0``);
+* every image loaded (``img.complete`` and ``naturalWidth > 0``), sits in a figure with a
+  numbered caption and has an alt text that is not a file name;
+* no display equation runs under its equation number or out of its column, none is wider
+  than its column at the desktop width (on a phone a long one may scroll sideways inside
+  its column), and no output line is wider than its column, at both widths (:data:`WIDTHS`);
+* no page cites "spec §" (a document the reader does not have);
 * no request left the machine.
 
 How it works, with the standard library only:
@@ -22,7 +27,7 @@ How it works, with the standard library only:
   and for every other image to load or fail, then POSTs its findings as JSON
   to the server, which releases the held image.  If a page never reports,
   the server releases the image after a timeout and the page fails.
-* Chromium runs headless with the flags from ``shared/spec/toolchain.md`` §1c,
+* Chromium runs headless with the flags that work offline on Debian's build (below),
   a fresh profile per page, and ``--dump-dom`` (which waits for the load event).
 * Chromium's proxy is set to a second local server that answers every request
   with 403 and records it.  Loopback addresses bypass the proxy, so the page
@@ -68,7 +73,7 @@ from pathlib import Path
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
-# Flags from the toolchain spec (§1c), plus switches that keep Chromium's own
+# Flags that run Chromium headless without a sandbox or GPU, plus switches that keep its own
 # housekeeping quiet.
 BASE_FLAGS = (
     "--headless",
@@ -157,6 +162,42 @@ CHECK_SCRIPT = r"""
               naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight};
     });
     var resources = performance.getEntriesByType("resource").map(function (e) { return e.name; });
+    var column = document.querySelector("article") || document.querySelector("main") || document.body;
+    var colRight = column.getBoundingClientRect().right;
+    var wide = [];
+    document.querySelectorAll("div.math").forEach(function (el) {
+      var c = el.querySelector("mjx-container"), m = c && c.firstElementChild;
+      if (!m) return;
+      var eq = el.querySelector(".eqno"), mb = m.getBoundingClientRect(), cb = c.getBoundingClientRect();
+      var box = {left: Math.max(mb.left, cb.left), right: Math.min(mb.right, cb.right),
+                 top: mb.top, bottom: mb.bottom};  // what is visible of the formula
+      var what = el.textContent.replace(/\s+/g, " ").slice(0, 60);
+      var desktop = window.innerWidth >= 1000;  // a phone may scroll a long equation sideways
+      var under = false;
+      if (eq) {
+        var r = eq.getBoundingClientRect();
+        under = r.left < box.right - 1 && r.right > box.left + 1 && r.top < box.bottom - 1 && r.bottom > box.top + 1;
+      }
+      if (el.getBoundingClientRect().right > colRight + 1) wide.push("equation outside its column: " + what);
+      else if (under) wide.push("equation runs under its number: " + what);
+      else if (desktop && c.scrollWidth > c.clientWidth + 1) wide.push("equation wider than its column: " + what);
+    });
+    document.querySelectorAll("div.cell_output pre, div.output pre").forEach(function (el) {
+      if (el.scrollWidth > el.clientWidth + 2 || el.getBoundingClientRect().right > colRight + 1)
+        wide.push("output wider than its column: " + el.textContent.trim().split("\n")[0].slice(0, 60));
+    });
+    var figures = [];
+    Array.prototype.slice.call(column.querySelectorAll("img")).forEach(function (img) {
+      var src = img.getAttribute("src") || "", alt = (img.getAttribute("alt") || "").trim();
+      if (src.indexOf("%(hold)s") >= 0 || img.closest(".navbar-brand, .sidebar-primary-items__start")) return;
+      var fig = img.closest("figure");
+      if (!fig || !(fig.querySelector("figcaption") || {}).textContent)
+        figures.push("image without a numbered caption: " + src);
+      if (!alt || /\.(png|svg|jpe?g|gif)$/i.test(alt) || /^[0-9a-f]{16,}$/i.test(alt))
+        figures.push("image without a real alt text (" + JSON.stringify(alt) + "): " + src);
+    });
+    var spec = text.indexOf("spec §") >= 0 ? text.slice(Math.max(0, text.indexOf("spec §") - 40),
+                                                      text.indexOf("spec §") + 30) : null;
     var result = {
       url: location.href,
       mathjax: !!(window.MathJax && window.MathJax.startup),
@@ -168,7 +209,11 @@ CHECK_SCRIPT = r"""
       raw_tex: raw,
       images: images,
       resources: resources,
-      eqno: document.querySelectorAll(".eqno").length
+      eqno: document.querySelectorAll(".eqno").length,
+      width: window.innerWidth,
+      wide: wide,
+      figures: figures,
+      spec: spec
     };
     return fetch("%(result)s" + KEY, {method: "POST", body: JSON.stringify(result),
                                       headers: {"Content-Type": "application/json"}});
@@ -257,7 +302,8 @@ class BookHandler(http.server.SimpleHTTPRequestHandler):
             local = Path(self.translate_path(path))
             if local.is_file():
                 body = local.read_bytes()
-                key = path.lstrip("/")
+                query = self.path.split("?", 1)[1].split("#", 1)[0] if "?" in self.path else ""
+                key = path.lstrip("/") + (f"?{query}" if query else "")
                 injected = (CHECK_SCRIPT % {"key": json.dumps(urllib.parse.quote(key)),
                                             "rawkey": urllib.parse.quote(key),
                                             "hold": HOLD, "result": RESULT}).encode()
@@ -322,6 +368,10 @@ def page_failures(result: dict | None, *, expect_math: bool) -> list[str]:
     for img in result["images"]:
         if not img["complete"] or img["naturalWidth"] <= 0:
             problems.append(f"image did not load: {img['src']}")
+    problems += [f"at {result.get('width')} px: {w}" for w in result.get("wide", [])[:5]]
+    problems += result.get("figures", [])[:5]
+    if result.get("spec"):
+        problems.append(f"cites a specification the reader does not have: ...{result['spec']}...")
     outside = [u for u in result["resources"] if not re.match(r"https?://127\.0\.0\.1[:/]", u)]
     if outside:
         problems.append("resources from outside the machine: " + ", ".join(outside[:5]))
@@ -329,10 +379,13 @@ def page_failures(result: dict | None, *, expect_math: bool) -> list[str]:
 
 
 def default_pages(html_dir: Path) -> list[str]:
-    return sorted(p.name for p in html_dir.glob("*.html") if p.name not in SKIP_PAGES)
+    """Every chapter page, and the exercise pages under ``exercises/``."""
+    pages = [p.name for p in html_dir.glob("*.html") if p.name not in SKIP_PAGES]
+    pages += [f"exercises/{p.name}" for p in html_dir.glob("exercises/*.html")]
+    return sorted(pages)
 
 
-def _open(chromium, url, proxy_port, timeout_s):
+def _open(chromium, url, proxy_port, timeout_s, width=1280):
     """Load ``url`` in a fresh headless Chromium until its load event; returns the DOM."""
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         cmd = [
@@ -341,7 +394,7 @@ def _open(chromium, url, proxy_port, timeout_s):
             f"--user-data-dir={profile}",
             f"--proxy-server=http://127.0.0.1:{proxy_port}",
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-            "--window-size=1280,4000",
+            f"--window-size={width},4000",
             "--dump-dom",
             url,
         ]
@@ -351,8 +404,13 @@ def _open(chromium, url, proxy_port, timeout_s):
             return ""
 
 
-def run_checks(html_dir, pages=None, *, chromium=None, hold_s=60.0, timeout_s=120, jobs=2):
-    """Check ``pages`` (file names under ``html_dir``); returns a report dict.
+WIDTHS = (1280, 390)
+"""Window widths every page is checked at: a desktop and a phone."""
+
+
+def run_checks(html_dir, pages=None, *, chromium=None, hold_s=60.0, timeout_s=120, jobs=2,
+               widths=WIDTHS):
+    """Check ``pages`` (file names under ``html_dir``) at every width; returns a report dict.
 
     The report has ``pages`` (name -> {"result", "problems", "seconds"}),
     ``outbound`` (requests the proxy saw), ``not_found`` (paths the book server
@@ -376,14 +434,15 @@ def run_checks(html_dir, pages=None, *, chromium=None, hold_s=60.0, timeout_s=12
 
     def check_page(name):
         t0 = time.perf_counter()
-        _open(chromium, f"http://127.0.0.1:{port}/{name}", proxy_port, timeout_s)
-        result = results.get(name)
         source = (html_dir / name).read_text(encoding="utf-8")
-        return name, {
-            "result": result,
-            "problems": page_failures(result, expect_math='class="math' in source),
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
+        problems, result = [], None
+        for width in widths:
+            _open(chromium, f"http://127.0.0.1:{port}/{name}?w={width}", proxy_port, timeout_s, width)
+            result = results.get(f"{name}?w={width}")
+            problems += [p for p in page_failures(result, expect_math='class="math' in source)
+                         if p not in problems]
+        return name, {"result": result, "problems": problems,
+                      "seconds": round(time.perf_counter() - t0, 2)}
 
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

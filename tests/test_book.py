@@ -46,13 +46,22 @@ browser_check = _load_script("browser_check")
 check_book_links = _load_script("check_book_links")
 
 
-def _toc_files():
+def _all_toc_files():
     yaml = pytest.importorskip("yaml")
     toc = yaml.safe_load((BOOK / "_toc.yml").read_text())
     files = [toc["root"]]
     for part in toc.get("parts", []):
         files += [c["file"] for c in part["chapters"]]
     return files
+
+
+def _toc_files():
+    """The book's own pages (the exercise pages are generated at build time from exercises/)."""
+    return [f for f in _all_toc_files() if not f.startswith("exercises/")]
+
+
+def _exercise_pages():
+    return [f for f in _all_toc_files() if f.startswith("exercises/")]
 
 
 def _source(name):
@@ -116,7 +125,7 @@ def _warnings(log):
 
 
 def test_chapters_are_text_notebooks_without_outputs():
-    committed_ipynb = [p for p in BOOK.rglob("*.ipynb") if "_build" not in p.parts]
+    committed_ipynb = [p for p in BOOK.rglob("*.ipynb") if not {"_build", "exercises"} & set(p.parts)]
     assert not committed_ipynb, f"notebooks must be MyST text, not .ipynb: {committed_ipynb}"
     for name in _toc_files():
         path = _source(name)
@@ -132,9 +141,13 @@ def test_chapters_are_text_notebooks_without_outputs():
 
 def test_headings_have_no_math():
     """Titles show up as plain text in the navigation of *every* page, including pages
-    without math, where MathJax is not loaded: a TeX title would be shown raw there."""
-    for name in _toc_files():
-        text = re.sub(r"```.*?```", "", _source(name).read_text(), flags=re.S)
+    without math, where MathJax is not loaded: a TeX title would be shown raw there.
+    The exercise notebooks become pages too."""
+    sources = [_source(name) for name in _toc_files()]
+    sources += sorted((ROOT / "exercises").glob("ch*.md"))
+    for path in sources:
+        name = path.stem
+        text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
         for line in text.splitlines():
             if line.startswith("#"):
                 assert "$" not in line and "\\" not in line, (
@@ -186,6 +199,20 @@ def test_every_chapter_was_executed_without_errors(built_book):
             assert "cell_output" in text, f"{name}: code cells have no outputs, so it did not run"
         assert "Traceback (most recent call last)" not in text, f"{name}: a traceback in the output"
         assert 'class="output traceback' not in text, f"{name}: an error output"
+
+
+def test_every_exercise_is_a_page_of_the_book_as_students_get_it(built_book):
+    """Each notebook in exercises/ is in the table of contents, rendered without its solutions,
+    with its .ipynb to download and a link to its chapter."""
+    _, _, html, _ = built_book
+    notebooks = sorted(p.stem for p in (ROOT / "exercises").glob("ch*.md"))
+    assert [f"exercises/{n}" for n in notebooks] == _exercise_pages(), "the toc's Exercises part"
+    for name in notebooks:
+        page = (html / "exercises" / f"{name}.html").read_text()
+        assert "NotImplementedError" in page and "BEGIN SOLUTION" not in page, name
+        download = re.search(r'href="([^"]+\.ipynb)"', page)
+        assert download and (html / "exercises" / download.group(1)).is_file(), f"{name}: no download"
+        assert re.search(r'href="\.\./[a-z_-]+\.html"', page), f"{name}: no link to its chapter"
 
 
 def test_figures_are_computed_images_that_exist(built_book):
@@ -249,7 +276,7 @@ def test_browser_shows_every_chapter_with_math_images_and_no_outside_requests(bu
     returncode, _, html, _ = built_book
     if not (html / "index.html").exists():
         pytest.fail("the book did not build, so there is nothing to open")
-    pages = [f"{name}.html" for name in _toc_files()]
+    pages = [f"{name}.html" for name in _toc_files() + _exercise_pages()]
     report = browser_check.run_checks(html, pages)
     summary = browser_check.summarise(report)
     print(summary)
@@ -265,7 +292,8 @@ def test_browser_check_catches_raw_math_missing_images_and_outside_requests(tmp_
     """The browser check itself: a deliberately broken page must fail it."""
     _need_chromium()
     (tmp_path / "index.html").write_text(
-        "<html><body><p>fine page</p><img src='dot.png'></body></html>"
+        "<html><body><article><p>fine page</p><figure><img src='dot.png' alt='A dot.'>"
+        "<figcaption>Fig. 1 A dot.</figcaption></figure></article></body></html>"
     )
     # a 1x1 PNG
     (tmp_path / "dot.png").write_bytes(bytes.fromhex(
@@ -276,6 +304,8 @@ def test_browser_check_catches_raw_math_missing_images_and_outside_requests(tmp_
         "<html><body><p>raw display math $$x^2$$ and \\(y\\)</p>"
         "<span class='math'>\\(z\\)</span>"
         "<img src='missing.png'><img src='http://example.org/pixel.png'>"
+        "<p>as spec §2.2 says</p><div class='cell_output'><pre>" + "x" * 400 + "</pre></div>"
+        "<style>pre { white-space: pre; overflow-x: auto; }</style>"
         "</body></html>"
     )
     report = browser_check.run_checks(tmp_path, ["index.html", "bad.html"], hold_s=20)
@@ -286,4 +316,6 @@ def test_browser_check_catches_raw_math_missing_images_and_outside_requests(tmp_
     assert "missing.png" in text and "example.org" in text, text
     assert any("example.org" in r for r in report["outbound"]), report["outbound"]
     assert "/missing.png" in report["not_found"]
+    assert "without a numbered caption" in text and "without a real alt text" in text, text
+    assert "spec §2.2" in text and "output wider than its column" in text, text
     assert not report["ok"]
