@@ -22,8 +22,12 @@ from minicrate.objective.rates import (
 )
 from minicrate.ops.functional import linear_backward, linear_forward, relu, softmax, softmax_backward
 from minicrate.ops.layernorm import layernorm_backward, layernorm_forward
-from minicrate.layers.mssa import mssa_backward, mssa_forward
+from minicrate.layers.mssa import mssa_backward, mssa_forward, mssa_step
 from minicrate.layers.ista import ista_backward, ista_forward, lasso_objective
+# The standard transformer's blocks, built the same way, to compare CRATE with (issue 17).
+from minicrate.ops.gelu import gelu, gelu_backward
+from minicrate.layers.attention import attention_backward, attention_forward
+from minicrate.layers.mlp import mlp_backward, mlp_forward
 from minicrate.models.embedding import (
     add_cls_pos_backward,
     add_cls_pos_forward,
@@ -34,6 +38,7 @@ from minicrate.models.embedding import (
 )
 from minicrate.models.loss import cross_entropy_backward, cross_entropy_forward
 from minicrate.layers.encoder import encoder_layer_backward, encoder_layer_forward
+from minicrate.layers.transformer import transformer_block_backward, transformer_block_forward
 from minicrate.models.classifier import (
     PRESETS,
     CRATEConfig,

@@ -157,6 +157,24 @@ def _block_cases():
         )
     )
     cases.append(
+        Case(
+            "mssa_step",
+            lambda xp, dt: {
+                "Z": _normal(xp, dt, (2, 3, 4), 0),
+                "U": _bases(xp, dt, 2, 4, 2, 1),
+                "eps": 1.0,
+                "kappa": 0.5,
+            },
+            lambda kw: [mc.mssa_step(kw["Z"], kw["U"], kw["eps"], kw["kappa"])],
+            {
+                "Z": z3,
+                "U": Arr(ranks=(3,), free=(-3, -1)),
+                "eps": Num("positive"),
+                "kappa": Num("nonneg"),
+            },
+        )
+    )
+    cases.append(
         _backward_case(
             "mssa_backward", lambda xp, dt: mssa_call_full(mssa_build(xp, dt)), mc.mssa_backward
         )

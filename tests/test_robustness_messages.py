@@ -35,6 +35,10 @@ def test_every_public_function_has_a_case():
         "minicrate.measure.roundtrip",
         "minicrate.measure.probe",
         "minicrate.layers.fused.decoder",
+        "minicrate.ops.gelu",
+        "minicrate.layers.attention",
+        "minicrate.layers.mlp",
+        "minicrate.layers.transformer",
     }
     exempt = {
         "cupy_available",  # takes no arguments
@@ -61,7 +65,7 @@ def test_every_public_function_has_a_case():
     }
     cases = {}
     for part in ("test_robustness_objective_core", "test_robustness_layers", "test_robustness_models",
-                 "test_robustness_lm", "test_robustness_mae"):
+                 "test_robustness_lm", "test_robustness_mae", "test_robustness_transformer"):
         cases.update(importlib.import_module(part).CASES)
     names = {n.split("[")[0] for n in cases}
 
@@ -82,7 +86,8 @@ def test_every_public_function_has_a_case():
     missing = [n for n, obj in exported.items() if n not in exempt and not has_case(n, obj)]
     for module in ("minicrate.models.lm", "minicrate.models.mae", "minicrate.models.mae_params",
                    "minicrate.models.masking", "minicrate.models.sampling", "minicrate.models.stack",
-                   "minicrate.measure.probe"):
+                   "minicrate.measure.probe", "minicrate.ops.gelu", "minicrate.layers.attention",
+                   "minicrate.layers.mlp", "minicrate.layers.transformer"):
         defined = {
             n: obj
             for n, obj in public(importlib.import_module(module)).items()
@@ -98,6 +103,27 @@ def test_every_public_function_has_a_case():
 
 
 MESSAGES = [
+    (
+        lambda: mc.attention_forward(np.ones((3, 4)), np.ones((12, 5)), None, np.ones((4, 4)), None, heads=2),
+        ValueError,
+        r"W_qkv must have shape \(3·heads·p, d\) = \(3·2·p, 4\) for X of shape \(3, 4\) and heads = 2, "
+        r"got \(12, 5\)",
+    ),
+    (
+        lambda: mc.attention_forward(np.ones((3, 4)), np.ones((12, 4)), None, np.ones((4, 6)), None, heads=2),
+        ValueError,
+        r"W_out must have shape \(d, heads·p\) = \(4, 4\) for W_qkv of shape \(12, 4\), got \(4, 6\)",
+    ),
+    (
+        lambda: mc.mlp_forward(np.ones((3, 4)), np.ones((6, 4)), None, np.ones((4, 5)), None),
+        ValueError,
+        r"W2 must have shape \(d, h\) = \(4, 6\) for W1 of shape \(6, 4\), got \(4, 5\)",
+    ),
+    (
+        lambda: mc.gelu(np.ones((3, 4), dtype=np.int64)),
+        TypeError,
+        r"X must have a real floating dtype \(float32 or float64\), got shape \(3, 4\) int64",
+    ),
     (
         lambda: mc.coding_rate(np.ones(4), 1.0),
         ValueError,

@@ -84,9 +84,10 @@ class VJPReport:
         lines = [f"VJP check ({'passed' if self.passed else 'FAILED'}, rtol {self.rtol:g}):"]
         for r in self.args.values():
             flag = "ok " if r.max_rel_error <= self.rtol else "BAD"
+            # Two short lines per input, so the report fits a book page and a terminal.
             lines.append(
-                f"  {flag} {r.name}: max rel error {r.max_rel_error:.2e} at index {r.worst_index} "
-                f"(analytic {r.analytic:.10g}, numeric {r.numeric:.10g}; {r.checked} entries)"
+                f"  {flag} {r.name}: max rel error {r.max_rel_error:.2e} at index {r.worst_index}\n"
+                f"       analytic {r.analytic:.10g}, numeric {r.numeric:.10g}; {r.checked} entries"
             )
         return "\n".join(lines)
 

@@ -66,7 +66,7 @@ def orthonormal_bases(xp, K, d, p, seed, dtype="float64", device=None):
 
 
 def union_of_subspaces(xp, U_host, n_per_subspace, seed, noise=0.05, dtype="float64", device=None):
-    """Tokens (rows) drawn near a union of subspaces, spec §1.5.
+    """Tokens (rows) drawn near a union of subspaces, CRATE's data model.
 
     Token i in group k is ``U_k a_i + noise · g``, then scaled to unit norm
     so that rate comparisons are not confounded by token size.

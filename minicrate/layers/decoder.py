@@ -1,4 +1,4 @@
-r"""One CRATE decoder layer, the inverse of an encoder layer (spec §5.1–5.3, §8.5).
+r"""One CRATE decoder layer, the inverse of an encoder layer (CRATE-MAE, Pai et al. 2024).
 
 The encoder layer compresses (MSSA, a step *down* the coding rate R^c) and
 then sparsifies (ISTA, one step towards a sparse code A with X ≈ A Dᵀ).  The
@@ -24,12 +24,12 @@ Three forms, chosen by the same switches as :func:`minicrate.encoder_layer_forwa
 * **paper**: ``PAPER_FORM`` -- no LayerNorm, output tied to U, temperature 1
   (only E and U are parameters).
 
-The released code ties nothing (spec §5.3).  Tying is done by handing the
+The released code (``model/crate_ae/``) ties nothing.  Tying is done by handing the
 *same arrays* to the decoder layer; the layer does not know, and the model's
 backward adds the decoder's gradients into the encoder's keys
 (:func:`accumulate`), so the shared parameter receives the sum of both uses.
 
-Inverse demonstrations (spec §5.1; :mod:`minicrate.measure.roundtrip`), each tested in
+Inverse demonstrations (:mod:`minicrate.measure.roundtrip`), each tested in
 ``tests/test_decoder.py`` (the fused layer for training speed is
 :mod:`minicrate.layers.fused.decoder`):
 
@@ -39,7 +39,7 @@ Inverse demonstrations (spec §5.1; :mod:`minicrate.measure.roundtrip`), each te
   ``Z + κM(Z) − κM(Z + κM(Z)) = Z − κ² J_M(Z)M(Z) + O(κ³)``.  It is the
   forward-then-backward Euler pair of one flow, so it inverts to first order
   in the step, for any tokens; tokens near a union of incoherent subspaces
-  (the data model of spec §1.5) are where the step means denoising.
+  (CRATE's data model) are where the step means denoising.
 * :func:`~minicrate.measure.roundtrip.ista_iterate` /
   :func:`~minicrate.measure.roundtrip.synthesize` -- the linear map inverts ISTA
   *up to the threshold*: for a complete orthogonal dictionary D and an input
@@ -56,6 +56,7 @@ from __future__ import annotations
 
 from minicrate.core.backend import namespace
 from minicrate.core.validate import check_array, check_cache, check_cotangent, check_int, check_keys, check_positive
+from minicrate.layers.encoder import identity_out
 from minicrate.layers.mssa import mssa_backward, mssa_forward
 from minicrate.ops.functional import linear_backward, linear_forward
 from minicrate.ops.layernorm import layernorm_backward, layernorm_forward
@@ -77,8 +78,8 @@ def _norm(X, params, which, use_layernorm, ln_eps):
 
 
 def decoder_layer_forward(Z, params, *, scale=None, tie_out=False, use_layernorm=True, causal=False,
-                          ln_eps=1e-5, tied_scale=1.0):
-    r"""Forward of one decoder layer, spec §5.2 (code form):
+                          ln_eps=1e-5, tied_scale=1.0, project_out=True):
+    r"""Forward of one decoder layer, in the form of ``model/crate_ae/crate_decoder.py``:
     :math:`\tilde Z^{\ell+1/2} = \mathrm{LN}_1(\tilde Z^\ell)E^\top`,
     :math:`\tilde Z^{\ell+1} = \tilde Z^{\ell+1/2} - \mathrm{MSSA}(\mathrm{LN}_2(\tilde Z^{\ell+1/2}))`.
 
@@ -95,6 +96,8 @@ def decoder_layer_forward(Z, params, *, scale=None, tie_out=False, use_layernorm
         ln_eps: LayerNorm ε.
         tied_scale: factor of the tied output; in the paper form it is the
             step size κ of the MSSA step being reversed.
+        project_out: ``False``: no MSSA output map (the release's single-head form,
+            as in :func:`minicrate.layers.encoder.encoder_layer_forward`).
 
     Returns:
         ``(Y, cache)``: Y ``(..., N, d)``; ``cache["mssa"]["A"]`` is the attention.
@@ -102,15 +105,19 @@ def decoder_layer_forward(Z, params, *, scale=None, tie_out=False, use_layernorm
     check_array(Z, "Z", min_ndim=2)
     check_positive(ln_eps, "ln_eps")  # checked even when unused, as in the encoder layer
     needed = ["E", "U"] + (["ln1_gamma", "ln1_beta", "ln2_gamma", "ln2_beta"] if use_layernorm else [])
-    needed += [] if tie_out else ["W_out"]
+    if not isinstance(project_out, bool):
+        raise TypeError(f"project_out must be True or False, got {project_out!r}")
+    if not project_out and tie_out:
+        raise ValueError("project_out=False (no output map) and tie_out=True exclude each other")
+    needed += [] if tie_out or not project_out else ["W_out"]
     check_keys(params, needed)
     d = Z.shape[-1]
     check_array(params["E"], "E", ndim=2, shape=(d, d))
     X1, ln1 = _norm(Z, params, "ln1", use_layernorm, ln_eps)
     Z_half, lin = linear_forward(X1, params["E"])  # the synthesis X1 Eᵀ
     X2, ln2 = _norm(Z_half, params, "ln2", use_layernorm, ln_eps)
-    W_out = None if tie_out else params["W_out"]
-    b_out = None if tie_out else params.get("b_out")
+    W_out = None if tie_out else params["W_out"] if project_out else identity_out(X2, params["U"])
+    b_out = None if tie_out or not project_out else params.get("b_out")
     M, mssa = mssa_forward(X2, params["U"], W_out, b_out, scale=scale, causal=causal, tied_scale=tied_scale)
     Y = Z_half - M
     cache = {"ln1": ln1, "lin": lin, "ln2": ln2, "mssa": mssa, "params": params, "Z_half": Z_half}
@@ -118,7 +125,7 @@ def decoder_layer_forward(Z, params, *, scale=None, tie_out=False, use_layernorm
 
 
 def decoder_layer_backward(dY, cache):
-    r"""Backward of :func:`decoder_layer_forward`, spec §8.5:
+    r"""Backward of :func:`decoder_layer_forward`:
     MSSA backward with upstream :math:`-\bar Y` gives G₂ and the MSSA gradients;
     :math:`\bar Z^{\ell+1/2} = \bar Y + \mathrm{LN}_2^\top(G_2)`;
     :math:`\bar E = \textstyle\sum (\bar Z^{\ell+1/2})^\top \mathrm{LN}_1(Z)`;
@@ -134,7 +141,7 @@ def decoder_layer_backward(dY, cache):
     xp = namespace(dY)
     grads = {k: xp.zeros_like(v) for k, v in params.items()}
     dX2, g = mssa_backward(-dY, cache["mssa"])
-    grads.update(g)
+    grads.update({k: v for k, v in g.items() if k in grads})  # (project_out=False: no W_out)
     if cache["ln2"] is not None:
         dbranch, g = layernorm_backward(dX2, cache["ln2"])
         grads["ln2_gamma"], grads["ln2_beta"] = g["gamma"], g["beta"]
@@ -156,7 +163,7 @@ def decoder_layer_backward(dY, cache):
 
 def mirror_layer(i, depth):
     """The encoder layer (0-indexed) that decoder layer ``i`` inverts: ``depth − 1 − i``
-    (the book's 1-indexed L + 1 − ℓ, spec §5.1)."""
+    (the book's 1-indexed L + 1 − ℓ)."""
     depth = check_int(depth, "depth", minimum=1)
     i = check_int(i, "i")
     if not 0 <= i < depth:

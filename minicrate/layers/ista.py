@@ -1,4 +1,4 @@
-r"""ISTA, the sparsification step, spec §3.
+r"""ISTA, the sparsification step (the book's chapter *Sparsification*).
 
 One non-negative proximal-gradient step on the LASSO problem
 :math:`\min_{A\ge 0} \lambda\lVert A\rVert_1 + \tfrac12\lVert X - AD^\top\rVert_F^2`
@@ -19,7 +19,7 @@ from minicrate.core.validate import check_array, check_cache, check_cotangent, c
 
 
 def ista_forward(X, D, *, eta=0.1, lam=0.1):
-    """One ISTA step (spec §3.2).
+    """One ISTA step, as ``FeedForward`` in the official ``model/crate.py``.
 
     Args:
         X: tokens (LN₂ of the MSSA output in the official layer), ``(..., N, d)``.
@@ -47,7 +47,7 @@ def ista_forward(X, D, *, eta=0.1, lam=0.1):
 
 
 def ista_backward(dY, cache):
-    r"""Backward of :func:`ista_forward`, spec §8.3 (row convention).
+    r"""Backward of :func:`ista_forward` (tokens as rows).
 
     .. math:: \bar P = \bar Y \odot 1[P > 0],\quad
               \bar X = \bar P + \eta(\bar P D^\top - \bar P D^\top D),\quad
@@ -72,7 +72,7 @@ def ista_backward(dY, cache):
 
 
 def lasso_objective(A, X, D, lam):
-    r"""Non-negative LASSO objective of spec §3.1 per sample (rows):
+    r"""Non-negative LASSO objective that ISTA steps on, per sample (rows):
     :math:`\lambda\lVert A\rVert_1 + \tfrac12\lVert X - AD^\top\rVert_F^2`
     (+∞ is not returned for negative A; the caller keeps A >= 0)."""
     check_array(X, "X", min_ndim=1)

@@ -1,4 +1,4 @@
-r"""Multi-head Subspace Self-Attention (MSSA), the compression step, spec §2.
+r"""Multi-head Subspace Self-Attention (MSSA), the compression step.
 
 Rows are tokens: ``Z`` is ``(..., N, d)``.  For each head k the *same*
 projection :math:`W_k = ZU_k` (N×p) serves as query, key and value:
@@ -9,13 +9,16 @@ projection :math:`W_k = ZU_k` (N×p) serves as query, key and value:
 
     \operatorname{MSSA}(Z) = [O_1,\dots,O_K]\,W_{\text{out}}^\top + b_{\text{out}}.
 
-Two forms (spec §2.4):
+Two forms (the paper's derivation and the released code differ):
 
 * **official** (``model/crate.py``): a separate learned ``W_out`` ``(d, K·p)``
   with bias and temperature ``s = 1/√p``;
 * **paper** (``W_out=None``): the output is tied to the bases,
-  :math:`\sum_k O_k U_k^\top` times ``tied_scale`` (the paper's β when the
-  step should match −∇R^c exactly), no bias; the paper has ``s = 1``.
+  :math:`\sum_k O_k U_k^\top` times ``tied_scale`` (the paper's β makes it the
+  paper's MSSA), no bias; the paper has ``s = 1``.
+
+:func:`mssa_step` is the paper's whole compression step
+:math:`(1-\kappa\beta)Z + \kappa\beta\,\operatorname{MSSA}(Z\mid U)`.
 
 In the column notation of the paper :math:`W_k^{\text{paper}} = U_k^\top Z_{\text{paper}}`
 and the column-softmax equals our row-softmax because :math:`S_k` is symmetric.
@@ -64,7 +67,7 @@ def _check_mssa_args(Z, U, W_out, b_out, scale):
 
 
 def mssa_forward(Z, U, W_out, b_out, *, scale=None, causal=False, tied_scale=1.0):
-    r"""MSSA of tokens ``Z`` (spec §2.3 official form, §2.2 paper form).
+    r"""MSSA of tokens ``Z``, in the released code's form or the paper's tied form.
 
     Args:
         Z: tokens (already normalised in the official layer), ``(..., N, d)``.
@@ -102,6 +105,40 @@ def mssa_forward(Z, U, W_out, b_out, *, scale=None, causal=False, tied_scale=1.0
     return Y, cache
 
 
+
+def mssa_step(Z, U, eps, kappa):
+    r"""The paper's compression step: one MSSA approximation of :math:`Z - \kappa\nabla_Z R^c`.
+
+    .. math::
+        Z^{+} = (1 - \kappa\beta)\,Z + \kappa\beta\,\operatorname{MSSA}(Z \mid U),
+        \qquad \beta = \frac{p}{N\epsilon^2},
+
+        \operatorname{MSSA}(Z \mid U) = \beta \sum_{k=1}^K
+        \operatorname{softmax}_{\text{row}}\!\big(W_kW_k^\top\big)\,W_k U_k^\top,
+        \qquad W_k = ZU_k,
+
+    with temperature 1 and tokens as rows.  This is the update Yu et al. derive from
+    :math:`\nabla_Z R^c \approx \beta Z - \beta\operatorname{MSSA}(Z)` (first-order
+    Neumann series, subspaces spanning :math:`\mathbb{R}^d`, softmax in place of the
+    Gram matrix); β appears once inside MSSA and once in the step's coefficient κβ.
+    It agrees with :math:`Z - \kappa\nabla_Z R^c` up to terms of order κβ².
+
+    Args:
+        Z: tokens ``(..., N, d)``.
+        U: subspace bases ``(K, d, p)`` (orthonormal, spanning ``R^d``, in the theory).
+        eps: quantisation precision ε > 0 of the coding rate.
+        kappa: step size κ >= 0.
+
+    Returns:
+        the tokens after the step, Z's shape ``(..., N, d)``.
+    """
+    _check_mssa_args(Z, U, None, None, 1.0)
+    eps = check_positive(eps, "eps")
+    kappa = check_positive(kappa, "kappa", allow_zero=True)
+    beta = U.shape[2] / (Z.shape[-2] * eps**2)
+    M, _ = mssa_forward(Z, U, None, None, scale=1.0, tied_scale=beta)  # MSSA(Z | U), β inside
+    return (1.0 - kappa * beta) * Z + (kappa * beta) * M
+
 def _sum_to_2d(X):
     """Sum over every leading axis: (..., m, n) -> (m, n)."""
     xp = namespace(X)
@@ -109,7 +146,7 @@ def _sum_to_2d(X):
 
 
 def mssa_backward(dY, cache):
-    r"""Backward of :func:`mssa_forward`, spec §8.2 (row convention).
+    r"""Backward of :func:`mssa_forward` (row convention).
 
     .. math::
         \bar H = \bar Y W_{\text{out}},\quad \bar A_k = \bar O_k W_k^\top,\quad

@@ -1,4 +1,7 @@
-"""Layer-wise white-box measurements of a CRATE model (spec §6.1), trained vs init.
+"""Layer-wise white-box measurements of a CRATE model, trained vs init.
+
+The protocol is the one of the paper's layer-wise figure, as the official code's hooks
+(``vis_utils/crate_hook.py`` in Ma-Lab-Berkeley/CRATE) implement it.
 
 For every layer ℓ, on a batch of images:
 
@@ -67,7 +70,7 @@ def layerwise(params, config, images, *, batch_size=250, eps_sq=0.01):
 
 
 def lm_layerwise(params, config, tokens, *, eps_sq=0.01):
-    """The paper's layer-wise measurements (spec §6.1) on text windows.
+    """The paper's layer-wise measurements on text windows.
 
     For each layer ℓ and each window (one window plays the part of one image):
     the measured compression R^c of the MSSA input LN₁(Z^ℓ) (unit-normalised
@@ -86,7 +89,7 @@ def lm_layerwise(params, config, tokens, *, eps_sq=0.01):
     inter = lm.intermediates(cache)
     out = {"rc": [], "rc_std": [], "nonzero": [], "nonzero_std": []}
     for layer in range(config.depth):
-        U = params[f"layers.{layer}.U"]
+        U = inter["U"][layer]  # CRATE: U; a transformer: its value maps (lm.intermediates)
         rc = to_numpy(measured_compression_rate(inter["mssa_inputs"][layer], U, eps_sq=eps_sq,
                                                 reduction="none")).astype("float64")
         nz = to_numpy(nonzero_fraction(inter["ista_outputs"][layer], reduction="none"))
@@ -110,8 +113,8 @@ def layerwise_comparison(trained_params, init_params, config, images, **kwargs):
         "init": layerwise(init_params, config, images, **kwargs),
         "protocol": (
             "R^c: unit-normalised head projections of LN1(Z^l), 1/2 logdet(I + p/(N*eps_sq) W W^T) "
-            "summed over heads, mean over images (spec 6.1); nonzero: ||Z^{l+1}||_0/(N d) of the "
-            "ISTA output, mean over images"
+            "summed over heads, mean over images (official vis_utils/crate_hook.py); "
+            "nonzero: ||Z^{l+1}||_0/(N d) of the ISTA output, mean over images"
         ),
         "eps_sq": kwargs.get("eps_sq", 0.01),
     }

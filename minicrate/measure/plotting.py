@@ -50,8 +50,9 @@ def plot_curves(history, path, *, title="training"):
 def plot_layerwise(result, path, *, title=None):
     """The paper's layer-wise figure (JMLR Fig. 13 style), trained vs initialisation.
 
-    Left: R^c of each layer's MSSA input (spec §6.1); right: the fraction of
-    non-zeros of each layer's ISTA output.  Error bars: std over images.
+    Left: R^c of each layer's MSSA input
+    (:func:`minicrate.objective.rates.measured_compression_rate`); right: the
+    fraction of non-zeros of each layer's ISTA output.  Error bars: std over images.
 
     Args:
         result: the dict of :func:`minicrate.measure.layerwise.layerwise_comparison`.
@@ -88,7 +89,7 @@ def plot_layerwise(result, path, *, title=None):
         ax.set_xticks(layers)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title or "layer-wise measurements, spec §6.1")
+    fig.suptitle(title or "layer-wise measurements")
     return save_figure(fig, path)
 
 

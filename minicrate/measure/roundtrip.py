@@ -1,5 +1,8 @@
-r"""Inverse demonstrations (spec §5.1): in what sense the CRATE decoder undoes the encoder.
+r"""Inverse demonstrations (the book's decoder chapter): in what sense the CRATE decoder undoes the encoder.
 
+Here MSSA is the architecture's form with its constants absorbed into the step size,
+:math:`\mathrm{MSSA}(Z) = \sum_k \mathrm{SSA}(Z\mid U_k)U_k^\top` (the gradient step of the
+theory, :func:`minicrate.mssa_step`, also shrinks Z and carries a factor β).
 An encoder MSSA step :math:`Z + \kappa\,\mathrm{MSSA}(Z)` followed by the decoder's
 :math:`Z - \kappa\,\mathrm{MSSA}(Z)` returns Z up to O(κ²) (:func:`mssa_roundtrip`,
 :func:`roundtrip_errors`, :func:`loglog_slope`), and synthesis with the dictionary
@@ -26,7 +29,7 @@ def _eye_like(Z):
 
 def encoder_mssa_step(Z, U, kappa):
     r"""The paper-form compression step :math:`Z + \kappa\,\mathrm{MSSA}(Z\mid U)`
-    (tied output, temperature 1, no LayerNorm; spec §2.2 step 6 with step size κ)."""
+    (tied output, temperature 1, no LayerNorm; step size κ)."""
     kappa = check_positive(kappa, "kappa", allow_zero=True)
     M, _ = mssa_forward(Z, U, None, None, scale=1.0, tied_scale=kappa)
     return Z + M
@@ -69,7 +72,8 @@ def synthesize(A, D):
 
 
 def ista_iterate(X, D, *, eta=0.1, lam=0.1, steps=1):
-    r"""``steps`` proximal-gradient iterations on the non-negative LASSO of spec §3.1,
+    r"""``steps`` proximal-gradient iterations on the non-negative LASSO
+    :math:`\min_{A\ge 0}\lambda\|A\|_1 + \tfrac12\|X - AD^\top\|_F^2`,
     :math:`A_{t+1} = \mathrm{ReLU}(A_t + \eta(X - A_tD^\top)D - \eta\lambda)`,
     warm-started at ``A_0 = X`` as in the code; ``steps=1`` is exactly
     :func:`minicrate.ista_forward`.  Used to show in what sense synthesis

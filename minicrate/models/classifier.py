@@ -1,5 +1,5 @@
 r"""The CRATE classifier: configuration, initialisation, forward and the whole
-backward by hand (spec §4.1, §8.5–8.6).
+backward by hand (the book's appendix *Derivations and constants* derives the ends).
 
 Pipeline (official code, ``model/crate.py``)::
 
@@ -28,6 +28,7 @@ from minicrate.core.validate import (
     check_params_shapes,
 )
 from minicrate.layers.options import LayerOptions
+from minicrate.layers.transformer import transformer_layer_shapes
 from minicrate.models.embedding import (
     add_cls_pos_backward,
     add_cls_pos_forward,
@@ -36,7 +37,7 @@ from minicrate.models.embedding import (
     patchify,
 )
 from minicrate.models.loss import cross_entropy_backward, cross_entropy_forward
-from minicrate.models.stack import encoder_stack_backward, encoder_stack_forward, group
+from minicrate.models.stack import encoder_stack_backward, encoder_stack_forward, group, layer_readouts
 from minicrate.ops.functional import linear_backward, linear_forward
 from minicrate.ops.layernorm import layernorm_backward, layernorm_forward
 
@@ -45,10 +46,13 @@ from minicrate.ops.layernorm import layernorm_backward, layernorm_forward
 class CRATEConfig(LayerOptions):
     """Architecture and switches; field names follow the official code.
 
-    The layer switches (``eta, lam, tie_out, attn_scale, use_layernorm, ln_eps``)
-    come from :class:`~minicrate.layers.options.LayerOptions` (keyword-only);
+    The layer switches (``eta, lam, tie_out, attn_scale, use_layernorm, ln_eps``,
+    ``dim_head, project_out``, and ``block, mlp_ratio``) come from
+    :class:`~minicrate.layers.options.LayerOptions` (keyword-only);
     ``attn_scale=None`` means the official 1/√p; the paper form is
-    ``tie_out=True, attn_scale=1.0, use_layernorm=False``.
+    ``tie_out=True, attn_scale=1.0, use_layernorm=False``.  ``block="transformer"``
+    makes the same pipeline a ViT: every layer a pre-norm transformer block
+    (:mod:`minicrate.layers.transformer`), everything else unchanged.
     """
 
     image_size: int = 8
@@ -74,12 +78,12 @@ class CRATEConfig(LayerOptions):
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}"
             )
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads} (p = dim/heads)")
+        self.check_heads(self.dim, self.heads)
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.heads
+        """The head width p (``dim_head``, or ``dim // heads``)."""
+        return self.head_width(self.dim, self.heads)
 
     @property
     def num_patches(self) -> int:
@@ -122,21 +126,18 @@ def _check_config(config, cls=None):
 
 def param_count(config: CRATEConfig) -> int:
     """Number of scalars: embed 2·P + P·d + d + 2d, pos (Np+1)d, cls d,
-    L·(3d² + 5d) (fewer with ``tie_out``/no LayerNorm), head 2d + d·C + C."""
+    L·(3d² + 5d) (CRATE with p = d/K; fewer with ``tie_out``/no LayerNorm; a transformer
+    layer: :mod:`minicrate.layers.transformer`), head 2d + d·C + C."""
     _check_config(config)
-    d, P, C = config.dim, config.patch_dim, config.num_classes
-    layer = 3 * d * d + 5 * d
-    if config.tie_out:
-        layer -= d * d + d
-    if not config.use_layernorm:
-        layer -= 4 * d
-    return 2 * P + P * d + d + 2 * d + (config.num_patches + 1) * d + d + config.depth * layer + 2 * d + d * C + C
+    return sum(math.prod(s) for s in param_shapes(config).values())
 
 
 def _layer_shapes(config):
     d, K, p = config.dim, config.heads, config.head_dim
+    if config.block == "transformer":
+        return transformer_layer_shapes(d, K, p, config.mlp_hidden(d), project_out=config.project_out)
     shapes = {"U": (K, d, p), "D": (d, d)}
-    if not config.tie_out:
+    if not config.tie_out and config.project_out:
         shapes.update({"W_out": (d, K * p), "b_out": (d,)})
     if config.use_layernorm:
         shapes.update({k: (d,) for k in ("ln1_gamma", "ln1_beta", "ln2_gamma", "ln2_beta")})
@@ -212,6 +213,10 @@ def init_params(config: CRATEConfig, seed: int = 0, backend: str = "numpy", dtyp
                 params[name] = random_uniform(shape, seed=next(seeds), low=-bound, high=bound, xp=xp, dtype=dtype)
             elif key in ("W_out", "b_out"):
                 params[name] = uniform(shape, config.heads * config.head_dim)
+            elif key in ("W_qkv", "b_qkv", "W1", "b1"):  # the transformer's nn.Linear(d, ·)
+                params[name] = uniform(shape, d)
+            elif key in ("W2", "b2"):  # nn.Linear(h, d)
+                params[name] = uniform(shape, config.mlp_hidden(d))
             else:
                 params[name] = ones(d) if key.endswith("gamma") else zeros(d)
     params.update({"head.ln_gamma": ones(d), "head.ln_beta": zeros(d),
@@ -269,7 +274,7 @@ def forward(params, images, config: CRATEConfig, *, fast=True):
 def backward(dlogits, cache):
     """Gradients of every parameter given ∂L/∂logits ``(B, num_classes)``.
 
-    Walks the forward in reverse (spec §8.5–8.6): head, pooling (only the
+    Walks the forward in reverse: head, pooling (only the
     class token, or every token equally for mean pooling, receives
     gradient), the layers from last to first, then the embedding.
 
@@ -320,27 +325,30 @@ def loss_and_grads(params, images, labels, config: CRATEConfig, *, fast=True):
 
 
 def intermediates(cache):
-    """What the white-box measurements look at, per layer (spec §6.1).
+    """What the white-box measurements look at, per layer (as the paper's figure).
 
     Returns:
         dict with lists over layers: ``mssa_inputs`` (LN₁(Z^ℓ), ``(B, N, d)``),
         ``ista_outputs`` (Z^{ℓ+1}, the ISTA outputs, ``(B, N, d)``: their
         non-zeros give sparsity), ``attention`` (``(B, K, N, N)``) and
-        ``U`` (each layer's bases).
+        ``U`` (each layer's bases).  For ``block="transformer"`` the same keys hold the
+        attention inputs LN₁(Z^ℓ), the block outputs and the value maps as bases
+        (:func:`minicrate.models.stack.layer_readouts`).
     """
-    layers = check_cache(cache, "forward", keys=("layers",))["layers"]
+    layers = [layer_readouts(c) for c in check_cache(cache, "forward", keys=("layers",))["layers"]]
     return {
-        "mssa_inputs": [c["mssa_input"] for c in layers],
-        "ista_outputs": [c["ista_output"] for c in layers],
-        "attention": [c["mssa"]["A"] for c in layers],
-        "U": [c["params"]["U"] for c in layers],
+        "mssa_inputs": [r["mixing_input"] for r in layers],
+        "ista_outputs": [r["output"] for r in layers],
+        "attention": [r["attention"] for r in layers],
+        "U": [r["bases"] for r in layers],
     }
 
 
 def describe(config: CRATEConfig, params=None) -> str:
     """One line: sizes, parameter count and (if given) the params' backend."""
     where = f", {backend_name(namespace(params['head.W']))}" if params is not None else ""
-    return (f"CRATE d={config.dim} depth={config.depth} heads={config.heads} patch={config.patch_size} "
+    name = "ViT" if config.block == "transformer" else "CRATE"
+    return (f"{name} d={config.dim} depth={config.depth} heads={config.heads} patch={config.patch_size} "
             f"tokens={config.num_patches + 1} params={param_count(config):,}{where}")
 
 

@@ -1,4 +1,4 @@
-r"""From images to tokens, spec §4.1 steps 1–4 (and back, for the MAE).
+r"""From images to tokens, as ``model/crate.py`` does it (and back, for the MAE).
 
 * :func:`patchify` cuts ``(B, C, H, W)`` images into non-overlapping P×P
   patches, each flattened in (row-in-patch, col-in-patch, channel) order as
@@ -64,7 +64,7 @@ def unpatchify(patches, patch_size, channels, height, width):
 
 
 def patch_embed_forward(patches, params, *, ln_eps=1e-5):
-    r"""LayerNorm → Linear → LayerNorm on each patch, spec §4.1 step 2.
+    r"""LayerNorm → Linear → LayerNorm on each patch (the official ``to_patch_embedding``).
 
     Args:
         patches: ``(B, Np, P·P·C)``.
@@ -93,7 +93,7 @@ def patch_embed_backward(dY, cache):
 
 
 def add_cls_pos_forward(tokens, cls_token, pos_embedding):
-    r"""Prepend the class token and add the positional embedding, spec §4.1 steps 3–4:
+    r"""Prepend the class token and add the positional embedding:
     :math:`Z^0 = [z_{\text{cls}}; T] + E_{\text{pos}}`.
 
     Args:
@@ -130,7 +130,7 @@ def add_cls_pos_forward(tokens, cls_token, pos_embedding):
 def add_cls_pos_backward(dZ, cache):
     """Backward of :func:`add_cls_pos_forward` -> ``(dtokens, grads)``; the
     class token gets column 0's gradient summed over the batch, the positional
-    embedding the token gradient summed over the batch (spec §8.6)."""
+    embedding the token gradient summed over the batch."""
     check_cache(cache, "add_cls_pos_forward", keys=("has_cls", "shape", "pos_embedding"))
     check_cotangent(dZ, cache["shape"], cache["pos_embedding"], name="dZ")
     xp = namespace(dZ)

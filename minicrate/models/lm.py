@@ -1,6 +1,6 @@
 r"""Character-level CRATE language models: causal (GPT-style) and masked (BERT-style).
 
-Spec ``../shared/spec/crate-math.md`` §6.4: the paper's language models use
+The JMLR paper's language models (Yu et al. 2024) use
 the same CRATE layers as the vision model; the *only* change inside a layer
 is the causal mask in MSSA's softmax (token i attends to tokens j <= i).
 Here, tokens are characters and the whole model is, with rows as tokens,
@@ -54,12 +54,14 @@ from minicrate.core.validate import (
     describe,
 )
 from minicrate.layers.options import LayerOptions
+from minicrate.layers.transformer import transformer_layer_shapes
 from minicrate.models.embedding import embed_backward, embed_forward, head_backward, head_forward
 from minicrate.models.loss import lm_loss_backward, lm_loss_forward
 from minicrate.models.stack import (  # noqa: F401  (layer_params re-exported: lm.layer_params)
     encoder_stack_backward,
     encoder_stack_forward,
     layer_params,
+    layer_readouts,
 )
 
 FORMS = ("causal", "masked")
@@ -78,7 +80,9 @@ class LMConfig(LayerOptions):
     ``vocab_size`` counts the characters only (the masked form adds the mask
     row to the embedding itself).  The layer switches come from
     :class:`~minicrate.layers.options.LayerOptions` (keyword-only,
-    official-code defaults).
+    official-code defaults); ``block="transformer"`` makes the causal form a GPT and
+    the masked form a BERT (pre-norm transformer blocks,
+    :mod:`minicrate.layers.transformer`), everything else unchanged.
     """
 
     vocab_size: int
@@ -103,8 +107,14 @@ class LMConfig(LayerOptions):
             bools=("tie_embedding",),
             choices={"form": FORMS, "pos_init": POS_INITS},
         )
-        if self.dim % self.heads:
+        if self.dim_head is None and self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        self.check_heads(self.dim, self.heads)
+
+    @property
+    def head_dim(self) -> int:
+        """The head width p (``dim_head``, or ``dim // heads``)."""
+        return self.head_width(self.dim, self.heads)
 
     @property
     def causal(self) -> bool:
@@ -136,16 +146,18 @@ class LMConfig(LayerOptions):
 def _layer_init(config, seed, xp, name):
     """One layer as the official code initialises it (as :func:`minicrate.models.classifier.init_params`):
     nn.Linear weights and biases U(±1/√fan_in), D kaiming-uniform U(±√(6/d)),
-    LayerNorm γ = 1, β = 0."""
+    LayerNorm γ = 1, β = 0.  A transformer block: every nn.Linear U(±1/√fan_in) the same way."""
+    if config.block == "transformer":
+        return _transformer_init(config, seed, xp, name)
     d, K = config.dim, config.heads
-    p = d // K
+    p = config.head_dim
     bound_in = 1.0 / math.sqrt(d)
     bound_out = 1.0 / math.sqrt(K * p)
     ones = xp.ones((d,), dtype=getattr(xp, name))
     zeros = xp.zeros((d,), dtype=getattr(xp, name))
     # qkv is nn.Linear(d, K·p) with weight (K·p, d); U_k is its k-th block of rows, transposed.
     qkv = random_uniform((K, p, d), seed=seed, low=-bound_in, high=bound_in, xp=xp, dtype=name)
-    return {
+    layer = {
         "ln1_gamma": ones, "ln1_beta": zeros,
         "U": xp.permute_dims(qkv, (0, 2, 1)),
         "W_out": random_uniform((d, K * p), seed=seed + 1, low=-bound_out, high=bound_out,
@@ -156,6 +168,32 @@ def _layer_init(config, seed, xp, name):
         "D": random_uniform((d, d), seed=seed + 3, low=-math.sqrt(6.0 / d), high=math.sqrt(6.0 / d),
                             xp=xp, dtype=name),
     }
+    if not config.project_out:
+        del layer["W_out"], layer["b_out"]
+    return layer
+
+
+def _layer_shapes(config):
+    d, K, p = config.dim, config.heads, config.head_dim
+    if config.block == "transformer":
+        return transformer_layer_shapes(d, K, p, config.mlp_hidden(d), project_out=config.project_out)
+    shapes = {"ln1_gamma": (d,), "ln1_beta": (d,), "U": (K, d, p), "W_out": (d, K * p),
+              "b_out": (d,), "ln2_gamma": (d,), "ln2_beta": (d,), "D": (d, d)}
+    if not config.project_out:
+        del shapes["W_out"], shapes["b_out"]
+    return shapes
+
+
+def _transformer_init(config, seed, xp, name):
+    """nn.Linear's default U(±1/√fan_in) for every map and bias of a block; LayerNorm 1, 0."""
+    shapes, layer = _layer_shapes(config), {}
+    for i, (key, shape) in enumerate(shapes.items()):
+        if key.startswith("ln"):
+            layer[key] = (xp.ones if key.endswith("gamma") else xp.zeros)(shape, dtype=getattr(xp, name))
+        else:  # a weight (out, in) has fan-in `in`; a bias that of its weight
+            bound = 1.0 / math.sqrt(shapes[key if key.startswith("W") else "W" + key[1:]][1])
+            layer[key] = random_uniform(shape, seed=seed + i, low=-bound, high=bound, xp=xp, dtype=name)
+    return layer
 
 
 def sinusoidal_positions(n, d, *, xp, dtype="float64", rms=1.0):
@@ -240,11 +278,9 @@ def param_shapes(config: LMConfig) -> dict:
     """Name -> shape of every parameter :func:`init_params` makes (what
     :func:`forward` checks ``params`` against)."""
     check_config(config, LMConfig)
-    d, V, K = config.dim, config.vocab_size, config.heads
-    p = d // K
+    d, V = config.dim, config.vocab_size
     shapes = {"tok_embedding": (config.embed_rows, d), "pos_embedding": (config.context, d)}
-    layer = {"ln1_gamma": (d,), "ln1_beta": (d,), "U": (K, d, p), "W_out": (d, K * p),
-             "b_out": (d,), "ln2_gamma": (d,), "ln2_beta": (d,), "D": (d, d)}
+    layer = _layer_shapes(config)
     for i in range(config.depth):
         shapes.update({f"layers.{i}.{k}": v for k, v in layer.items()})
     shapes.update({"ln_f.gamma": (d,), "ln_f.beta": (d,)})
@@ -257,10 +293,7 @@ def param_shapes(config: LMConfig) -> dict:
 def param_count(config: LMConfig) -> int:
     """Number of scalar parameters of :func:`init_params` (computed from shapes)."""
     check_config(config, LMConfig)
-    d, V = config.dim, config.vocab_size
-    layer = 4 * d + d * d + d * d + d + d * d  # 2 LayerNorms, U (K·d·p = d²), W_out, b_out, D
-    head = (0 if config.tie_embedding else V * d) + V
-    return config.embed_rows * d + config.context * d + config.depth * layer + 2 * d + head
+    return sum(math.prod(s) for s in param_shapes(config).values())
 
 
 # ----------------------------------------------------------------------------------------
@@ -304,7 +337,7 @@ def backward(dlogits, cache):
     """Gradients of every parameter from the logits' gradient (same keys as params).
 
     Runs the pieces' backwards in reverse: head (and LN_f), the layers from
-    last to first (spec §8.5), the embedding; with a tied head the head's
+    last to first, the embedding; with a tied head the head's
     weight gradient is added to the character rows of the embedding's.
     """
     check_cache(cache, "forward", keys=("embed", "layers", "outputs", "head", "config", "keys"))
@@ -347,13 +380,15 @@ def loss_and_grads(params, inputs, targets, config: LMConfig, weights=None, *, f
 
 
 def intermediates(cache):
-    """Per-layer arrays for the layer-wise measurements (spec §6.1): the MSSA
+    """Per-layer arrays for the layer-wise measurements (as the paper's figure): the MSSA
     inputs LN₁(Z^ℓ) (``"mssa_inputs"``), the ISTA outputs Z^{ℓ+1}
-    (``"ista_outputs"``) and the attention (``"attention"``, ``(B, K, N, N)``)."""
-    layers = check_cache(cache, "forward", keys=("layers", "outputs"))["layers"]
+    (``"ista_outputs"``), the attention (``"attention"``, ``(B, K, N, N)``) and each layer's
+    bases (``"U"``; the value maps for a transformer, :func:`minicrate.models.stack.layer_readouts`)."""
+    layers = [layer_readouts(c) for c in check_cache(cache, "forward", keys=("layers", "outputs"))["layers"]]
     return {
-        "mssa_inputs": [c["mssa_input"] for c in layers],
+        "mssa_inputs": [r["mixing_input"] for r in layers],
         "ista_outputs": cache["outputs"],
-        "attention": [c["mssa"]["A"] for c in layers],
+        "attention": [r["attention"] for r in layers],
+        "U": [r["bases"] for r in layers],
     }
 

@@ -1,4 +1,4 @@
-r"""Softmax cross-entropy with label smoothing, spec §4.1 step 7 and §8.6.
+r"""Softmax cross-entropy with label smoothing, the official classification loss.
 
 With smoothing ε_ls over C classes the target is
 :math:`q = (1-\varepsilon_{ls})\,\mathrm{onehot}(y) + \varepsilon_{ls}/C` and the
@@ -171,7 +171,7 @@ def lm_loss_backward(dloss, cache):
 
 
 def masked_mse_forward(pred, target, mask):
-    r"""Mean squared error on masked patches only, spec §8.6:
+    r"""Mean squared error on masked patches only (the released CRATE-MAE loss):
     :math:`L = \sum_i m_i \lVert\hat y_i - t_i\rVert^2 / P_d \,/\, \sum_i m_i`.
 
     Args:

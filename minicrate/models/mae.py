@@ -1,5 +1,5 @@
 r"""CRATE-MAE: a masked autoencoder whose encoder is CRATE and whose decoder is
-its inverse (spec §5.4, §8.6), with the whole backward written by hand.
+its inverse (Pai et al. 2024), with the whole backward written by hand.
 
 Pipeline (released ``model/crate_ae/crate_ae.py``)::
 
@@ -10,7 +10,7 @@ Pipeline (released ``model/crate_ae/crate_ae.py``)::
       ── L × CRATE encoder layer (λ = 0.5) ── LayerNorm (ε 1e-6)
       ── L × CRATE decoder layer ── LayerNorm (ε 1e-6) ── Linear ──> (B, Np+1, P·P·C)
       ── drop the class token ──> prediction (B, Np, P·P·C)
-    loss = Σ_i m_i ‖ŷ_i − t_i‖² / (P·P·C) / Σ_i m_i   (masked patches only, spec §8.6)
+    loss = Σ_i m_i ‖ŷ_i − t_i‖² / (P·P·C) / Σ_i m_i   (masked patches only)
 
 **Masking choice.**  Each image gets its own random set of exactly
 ``Np − ⌊(1 − r)·Np⌋`` masked patches (75 % for r = 0.75 when 4 divides Np),
@@ -35,7 +35,7 @@ Everything else -- initial distributions (xavier-uniform linear maps,
 kaiming-uniform D and E, N(0, 0.02²) class and mask tokens, LayerNorms 1/0),
 λ = 0.5, the final LayerNorms' ε = 1e-6, untied decoder -- follows the
 release.  ``tie_decoder=True`` shares each decoder layer's E and U with the
-mirror encoder layer's D and U (spec §5.3, theory form): the gradients of both
+mirror encoder layer's D and U (the theory's form): the gradients of both
 uses are summed into the encoder's keys.
 
 Parameters (one flat dict): ``embed.{W,b}``, ``cls_token``, ``mask_token``,
@@ -145,6 +145,10 @@ def mae_forward(params, images, mask, config: MAEConfig, *, fast=False):
         target.
     """
     Z, cache = mae_encode(params, images, mask, config, fast=fast)
+    if config.block == "transformer":  # ViT-MAE: the decoder is transformer blocks too
+        Z, dec_layers, _ = encoder_stack_forward(Z, params, config.depth, config.layer_options(), fast=fast,
+                                                 prefix="decoder.")
+        return _head(params, Z, config, cache, dec_layers)
     use_fast = fast and fast_supports(**config.decoder_options())
     layer_forward = fast_decoder_layer_forward if use_fast else decoder_layer_forward
     layer_backward = fast_decoder_layer_backward if use_fast else decoder_layer_backward
@@ -153,6 +157,11 @@ def mae_forward(params, images, mask, config: MAEConfig, *, fast=False):
         layer, keys = decoder_layer_params(params, i, config.depth, tie_encoder=config.tie_decoder)
         Z, c = layer_forward(Z, layer, **config.decoder_options())
         dec_layers.append((c, keys, layer_backward))
+    return _head(params, Z, config, cache, dec_layers)
+
+
+def _head(params, Z, config, cache, dec_layers):
+    """The decoder's LayerNorm and the pixel head; the class token's row is dropped."""
     Z, dec_norm = layernorm_forward(Z, params["dec_norm.gamma"], params["dec_norm.beta"],
                                     eps=config.final_ln_eps)
     out, pred_cache = linear_forward(Z, params["pred.W"], params["pred.b"])
@@ -185,9 +194,12 @@ def mae_backward(dpred, cache):
     grads["pred.W"], grads["pred.b"] = g["W"], g["b"]
     dZ, g = layernorm_backward(dZ, cache["dec_norm"])
     grads["dec_norm.gamma"], grads["dec_norm.beta"] = g["gamma"], g["beta"]
-    for c, keys, layer_backward in reversed(cache["decoder"]):
-        dZ, g = layer_backward(dZ, c)
-        accumulate(grads, g, keys)
+    if cache["decoder"] and isinstance(cache["decoder"][0], tuple):
+        for c, keys, layer_backward in reversed(cache["decoder"]):
+            dZ, g = layer_backward(dZ, c)
+            accumulate(grads, g, keys)
+    else:  # transformer blocks (ViT-MAE)
+        dZ = encoder_stack_backward(dZ, cache["decoder"], grads, prefix="decoder.")
     dZ, g = layernorm_backward(dZ, cache["norm"])
     grads["enc_norm.gamma"], grads["enc_norm.beta"] = g["gamma"], g["beta"]
     dZ = encoder_stack_backward(dZ, cache["layers"], grads)

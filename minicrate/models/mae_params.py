@@ -22,6 +22,7 @@ from minicrate.core.validate import (
     describe,
 )
 from minicrate.layers.options import LayerOptions
+from minicrate.layers.transformer import transformer_layer_shapes
 from minicrate.models.masking import num_visible
 
 # ---------------------------------------------------------------------------
@@ -40,6 +41,8 @@ class MAEConfig(LayerOptions):
     xavier-uniform as released; see :func:`init_mae_params` for why we do not).
     ``out_init_gain`` scales the initial attention output maps ``W_out`` of the
     encoder and decoder (1.0: as released; see :func:`init_mae_params`).
+    ``block="transformer"`` makes it a ViT-MAE of the same shape: encoder and decoder
+    layers are pre-norm transformer blocks (:mod:`minicrate.layers.transformer`).
     """
 
     image_size: int = 28
@@ -69,8 +72,10 @@ class MAEConfig(LayerOptions):
         )
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads} (p = dim/heads)")
+        self.check_heads(self.dim, self.heads)
+        if self.block == "transformer" and self.tie_decoder:
+            raise ValueError("MAEConfig: tie_decoder=True ties CRATE's decoder to its encoder; the transformer "
+                             "(ViT-MAE) decoder has its own blocks")
         if self.dim % 4:
             raise ValueError(f"dim {self.dim} must be divisible by 4 for the 2-D sin-cos positional embedding")
         if self.num_patches - num_visible(self.num_patches, self.mask_ratio) < 1:
@@ -78,7 +83,8 @@ class MAEConfig(LayerOptions):
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.heads
+        """The head width p (``dim_head``, or ``dim // heads``)."""
+        return self.head_width(self.dim, self.heads)
 
     @property
     def grid_size(self) -> int:
@@ -96,7 +102,7 @@ class MAEConfig(LayerOptions):
 
 _IMAGENET = dict(image_size=224, patch_size=16, channels=3)
 MAE_PRESETS = {
-    # the released sizes (spec §5.4)
+    # the released sizes (model/crate_ae/crate_ae.py)
     "mae_crate_tiny": dict(dim=384, depth=12, heads=6, **_IMAGENET),
     "mae_crate_small": dict(dim=576, depth=12, heads=12, **_IMAGENET),
     "mae_crate_base": dict(dim=768, depth=12, heads=12, **_IMAGENET),
@@ -119,8 +125,10 @@ def mae_preset(name: str, **overrides) -> MAEConfig:
 
 def _encoder_layer_shapes(c: MAEConfig):
     d, K, p = c.dim, c.heads, c.head_dim
+    if c.block == "transformer":
+        return transformer_layer_shapes(d, K, p, c.mlp_hidden(d), project_out=c.project_out)
     shapes = {"U": (K, d, p), "D": (d, d)}
-    if not c.tie_out:
+    if not c.tie_out and c.project_out:
         shapes.update(W_out=(d, K * p), b_out=(d,))
     if c.use_layernorm:
         shapes.update({k: (d,) for k in ("ln1_gamma", "ln1_beta", "ln2_gamma", "ln2_beta")})
@@ -128,6 +136,8 @@ def _encoder_layer_shapes(c: MAEConfig):
 
 
 def _decoder_layer_shapes(c: MAEConfig):
+    if c.block == "transformer":
+        return _encoder_layer_shapes(c)
     shapes = {("E" if k == "D" else k): v for k, v in _encoder_layer_shapes(c).items()}
     if c.tie_decoder:
         del shapes["E"], shapes["U"]
@@ -218,10 +228,12 @@ def init_mae_params(config: MAEConfig, seed: int = 0, backend="numpy", dtype: st
                 out[key] = kaiming(shape)
             elif key == "W_out":
                 out[key] = config.out_init_gain * xavier(shape, shape[1], shape[0])
+            elif key in ("W_qkv", "W1", "W2"):  # the transformer's maps (MAE's xavier for every nn.Linear)
+                out[key] = xavier(shape, shape[1], shape[0])
             elif key.endswith("gamma"):
                 out[key] = ones(d)
-            else:  # b_out, LayerNorm betas
-                out[key] = zeros(d)
+            else:  # biases, LayerNorm betas
+                out[key] = zeros(shape[0])
         return out
 
     params = {

@@ -4,6 +4,10 @@ Every model (:mod:`minicrate.models.classifier`, :mod:`minicrate.models.lm`,
 :mod:`minicrate.models.mae`) stores its encoder layers under ``layers.<i>.*``, keyed
 like :mod:`minicrate.layers.encoder` once the prefix is removed, and runs them through
 :func:`encoder_stack_forward` / :func:`encoder_stack_backward` (the plain/fused choice).
+With ``block="transformer"`` in the options the same stack runs standard transformer
+blocks instead (:mod:`minicrate.layers.transformer`, keys ``W_qkv, W1, ...``): the one
+place where the two models differ.  :func:`layer_readouts` gives the white-box read-outs
+of a layer's cache, whichever block made it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from minicrate.core.validate import check_array, check_int, check_keys
 from minicrate.layers.decoder import accumulate
 from minicrate.layers.encoder import encoder_layer_backward, encoder_layer_forward
 from minicrate.layers.fused import encoder as fused
+from minicrate.layers.fused import transformer as fused_transformer
+from minicrate.layers.transformer import transformer_block_backward, transformer_block_forward, value_bases
 
 
 def layer_params(params, layer):
@@ -32,19 +38,36 @@ def group(params, prefix):
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
-def encoder_stack_forward(Z, params, depth, options, *, fast=True):
+def _choose_layer(options, fast):
+    """The layer function ``(Z, layer params) -> (Z, cache)`` for ``options``."""
+    options = dict(options)
+    if options.pop("block", "crate") == "transformer":
+        def block(Z, layer):
+            forward = fused_transformer.block_forward if fast and fused_transformer.supports(layer) else \
+                transformer_block_forward
+            return forward(Z, layer, **options)
+        return block
+    forward = fused.layer_forward if fast and fused.supports(**options) else encoder_layer_forward
+    return lambda Z, layer: forward(Z, layer, **options)
+
+
+def encoder_stack_forward(Z, params, depth, options, *, fast=True, prefix="layers."):
     """Run ``depth`` encoder layers ``layers.0 … layers.<depth-1>`` of ``params`` on tokens ``Z``.
 
     The plain-or-fused choice is made here once for every model: with ``fast`` and
     switches the fused layer supports (the official form), the layers run as
     :func:`minicrate.layers.fused.encoder.layer_forward` (same mathematics, tested equal);
-    otherwise as :func:`minicrate.layers.encoder.encoder_layer_forward`.
+    otherwise as :func:`minicrate.layers.encoder.encoder_layer_forward`.  With
+    ``options["block"] == "transformer"`` they run as
+    :func:`minicrate.layers.transformer.transformer_block_forward`, or with ``fast`` as its
+    fused form :func:`minicrate.layers.fused.transformer.block_forward` (tested equal).
 
     Args:
         Z: tokens ``(B, N, d)``.
         params: the model's flat parameter dict.
         depth: number of layers.
         options: the layer switches (``LayerOptions.layer_options()``).
+        prefix: the layers' key prefix (``"decoder."`` for a transformer MAE's decoder).
 
     Returns:
         ``(Z, caches, outputs)``: the last layer's tokens, one cache per layer and
@@ -55,19 +78,33 @@ def encoder_stack_forward(Z, params, depth, options, *, fast=True):
     if not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict of layer switches (LayerOptions.layer_options()), "
                         f"got {type(options).__name__}")
-    layer_forward = fused.layer_forward if fast and fused.supports(**options) else encoder_layer_forward
+    if not isinstance(prefix, str) or not prefix.endswith("."):
+        raise ValueError(f"prefix must be a key prefix ending in '.', got {prefix!r}")
+    layer_forward = _choose_layer(options, fast)
     caches, outputs = [], []
     for i in range(depth):
-        layer = layer_params(params, i)
+        layer = group(params, f"{prefix}{i}.")
+        if not layer:
+            raise ValueError(f"params holds no layer {i} (no key starts with {prefix}{i}.)")
         for k, v in layer.items():  # the fused layer skips the finiteness scan of its weights
-            check_array(v, f"params['layers.{i}.{k}']")
-        Z, c = layer_forward(Z, layer, **options)
+            check_array(v, f"params['{prefix}{i}.{k}']")
+        Z, c = layer_forward(Z, layer)
         caches.append(c)
         outputs.append(Z)
     return Z, caches, outputs
 
 
-def encoder_stack_backward(dZ, caches, grads):
+def _layer_backward(cache):
+    if isinstance(cache, fused.FastLayerCache):
+        return fused.layer_backward
+    if isinstance(cache, fused_transformer.FastBlockCache):
+        return fused_transformer.block_backward
+    if isinstance(cache, Mapping) and "attn" in cache:
+        return transformer_block_backward
+    return encoder_layer_backward
+
+
+def encoder_stack_backward(dZ, caches, grads, *, prefix="layers."):
     """Backward of :func:`encoder_stack_forward`: adds ``layers.<i>.*`` into ``grads``, returns dZ⁰.
 
     Each cache says which form produced it, so a stack is walked back with the
@@ -79,7 +116,26 @@ def encoder_stack_backward(dZ, caches, grads):
                         f"got {type(caches).__name__}")
     for i in reversed(range(len(caches))):
         c = caches[i]
-        layer_backward = fused.layer_backward if isinstance(c, fused.FastLayerCache) else encoder_layer_backward
-        dZ, g = layer_backward(dZ, c)
-        accumulate(grads, g, {k: f"layers.{i}.{k}" for k in g})
+        dZ, g = _layer_backward(c)(dZ, c)
+        accumulate(grads, g, {k: f"{prefix}{i}.{k}" for k in g})
     return dZ
+
+
+def layer_readouts(cache):
+    """What the layer-wise measurement reads from one layer's cache, for either block.
+
+    Returns:
+        dict: ``"mixing_input"`` -- the input of the attention step, LN₁(Z^ℓ) (``(B, N, d)``);
+        ``"output"`` -- the layer's output Z^{ℓ+1} (CRATE: the ISTA output, whose zeros are
+        the sparsity); ``"attention"`` ``(B, K, N, N)``; ``"bases"`` ``(K, d, p)`` -- the
+        subspaces the heads project on: CRATE's ``U``, the transformer's value maps
+        (:func:`minicrate.layers.transformer.value_bases`).
+    """
+    if isinstance(cache, fused_transformer.FastBlockCache) or isinstance(cache, Mapping) and "attn" in cache:
+        return {"mixing_input": cache["attn_input"], "output": cache["output"], "attention": cache["attn"]["A"],
+                "bases": value_bases(cache["params"]["W_qkv"], cache["heads"])}
+    if not (isinstance(cache, Mapping) and "params" in cache and "mssa" in cache or
+            isinstance(cache, fused.FastLayerCache)):
+        raise TypeError(f"cache must be one layer's cache from encoder_stack_forward, got {type(cache).__name__}")
+    return {"mixing_input": cache["mssa_input"], "output": cache["ista_output"], "attention": cache["mssa"]["A"],
+            "bases": cache["params"]["U"]}

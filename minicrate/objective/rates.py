@@ -1,4 +1,4 @@
-r"""Lossy coding rates and their hand-derived gradients (spec §1.2–1.4, §8.1).
+r"""Lossy coding rates and their hand-derived gradients (the book's chapter *The lossy coding rate*).
 
 Layout: tokens are **rows**.  ``Z`` has shape ``(..., N, d)``: N tokens of
 width d, batched over any leading axes; each leading index is one sample
@@ -97,7 +97,7 @@ def _check_rate_args(Z, eps, U=None):
 
 
 def coding_rate(Z, eps):
-    r"""Coding rate (expansion term), spec §1.2.
+    r"""Coding rate (expansion term) of Ma et al. (2007).
 
     .. math:: R(Z) = \tfrac12 \log\det\big(I_d + \alpha Z^\top Z\big),
               \qquad \alpha = \frac{d}{N\epsilon^2}
@@ -115,7 +115,7 @@ def coding_rate(Z, eps):
 
 
 def coding_rate_grad(Z, eps):
-    r"""Gradient of :func:`coding_rate`, spec §8.1, row form.
+    r"""Gradient of :func:`coding_rate`, tokens as rows.
 
     .. math:: \frac{\partial R}{\partial Z} = \alpha\,(I_N + \alpha ZZ^\top)^{-1} Z
               = \alpha\, Z (I_d + \alpha Z^\top Z)^{-1}
@@ -137,7 +137,7 @@ def _head_projections(Z, U):
 
 
 def compression_rate(Z, U, eps):
-    r"""Compression term R^c over K subspaces, spec §1.3.
+    r"""Compression term R^c over K subspaces (Yu et al. 2024).
 
     .. math:: R^c(Z \mid U_{[K]}) = \sum_{k=1}^K \tfrac12
               \log\det\big(I_p + \beta (ZU_k)^\top (ZU_k)\big),
@@ -158,7 +158,7 @@ def compression_rate(Z, U, eps):
 
 
 def compression_rate_grad(Z, U, eps):
-    r"""Gradients of :func:`compression_rate`, spec §8.1, row form.
+    r"""Gradients of :func:`compression_rate`, tokens as rows.
 
     With :math:`W_k = ZU_k` (N×p) and :math:`M_k = I_p + \beta W_k^\top W_k`:
 
@@ -182,12 +182,12 @@ def compression_rate_grad(Z, U, eps):
 
 
 def rate_reduction(Z, U, eps):
-    r"""Rate reduction ΔR = R(Z) − R^c(Z | U), spec §1.4.  Shape ``(...)``."""
+    r"""Rate reduction ΔR = R(Z) − R^c(Z | U).  Shape ``(...)``."""
     return coding_rate(Z, eps) - compression_rate(Z, U, eps)
 
 
 def sparse_rate_reduction(Z, U, eps, lam):
-    r"""Sparse rate reduction with the ℓ0 norm relaxed to ℓ1, spec §1.4.
+    r"""Sparse rate reduction with the ℓ0 norm relaxed to ℓ1.
 
     .. math:: R(Z) - R^c(Z \mid U_{[K]}) - \lambda \lVert Z \rVert_1
 
@@ -206,7 +206,7 @@ def sparse_rate_reduction(Z, U, eps, lam):
 
 
 def measured_compression_rate(X, U, *, eps_sq=0.01, reduction="mean"):
-    r"""R^c exactly as the paper's layer-wise figure measures it (spec §6.1).
+    r"""R^c exactly as the paper's layer-wise figure measures it (``vis_utils/coding_rate.py``).
 
     The official hook takes the head projections :math:`W_k = XU_k` of the
     MSSA input (X = LN(Z^ℓ)), scales **each token's projection to unit ℓ2
@@ -239,7 +239,7 @@ def measured_compression_rate(X, U, *, eps_sq=0.01, reduction="mean"):
 
 
 def nonzero_fraction(Z, *, reduction="mean"):
-    r"""Fraction of exactly non-zero entries, ‖Z‖₀ / (N·d), spec §6.1.
+    r"""Fraction of exactly non-zero entries, ‖Z‖₀ / (N·d), as the paper's figure plots it.
 
     Args:
         Z: ISTA outputs, shape ``(..., N, d)``.

@@ -98,7 +98,7 @@ def softmax(S, axis=-1):
 
 
 def softmax_backward(dA, A, axis=-1):
-    r"""Vector-Jacobian product of the softmax, spec §8.2:
+    r"""Vector-Jacobian product of the softmax (book, *Backpropagation by hand*):
     :math:`\bar S = A \odot (\bar A - \langle A, \bar A\rangle)`, the inner
     product taken along ``axis`` (each softmax row subtracts its own)."""
     check_array(A, "A", min_ndim=1)

@@ -1,4 +1,4 @@
-"""Moving between tokens and attention heads (spec §2.2), written once.
+"""Moving between tokens and attention heads (the K heads of MSSA), written once.
 
 Multi-head attention keeps its per-head vectors either side by side as the features
 of a token (``(..., N, K·p)``) or as one block per head (``(..., K, N, p)``).  The

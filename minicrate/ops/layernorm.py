@@ -1,4 +1,4 @@
-r"""LayerNorm over each token's d features, spec §8.4.
+r"""LayerNorm over each token's d features (Ba et al. 2016), with its backward.
 
 .. math:: \hat x = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}},\qquad
           y = \gamma \odot \hat x + \beta
@@ -38,7 +38,7 @@ def layernorm_forward(X, gamma, beta, *, eps=1e-5):
 
 
 def layernorm_backward(dY, cache):
-    r"""Backward of :func:`layernorm_forward`, spec §8.4.
+    r"""Backward of :func:`layernorm_forward`, derived in the book's *Backpropagation by hand*.
 
     With :math:`\hat g = \gamma\odot\bar y` and means over the d features:
 

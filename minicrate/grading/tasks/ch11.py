@@ -1,6 +1,6 @@
 r"""Chapter 11's exercise tasks: the decoder layer's forward (11.1) and backward (11.2).
 
-The decoder layer (spec §5.2, code form, rows are tokens) undoes an encoder layer:
+The decoder layer (released code form, rows are tokens) undoes an encoder layer:
 
 .. math:: \tilde Z^{\ell+1/2} = \operatorname{LN}_1(\tilde Z^\ell)E^\top, \qquad
           \tilde Z^{\ell+1} = \tilde Z^{\ell+1/2}

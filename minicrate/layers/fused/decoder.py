@@ -29,10 +29,10 @@ from minicrate.layers.fused.kernels import (
 from minicrate.ops.heads import bases_as_matrix, heads_to_rows, rows_to_heads
 
 
-def fast_supports(*, tie_out=False, use_layernorm=True, **_):
+def fast_supports(*, tie_out=False, use_layernorm=True, project_out=True, **_):
     """True when :func:`fast_decoder_layer_forward` implements these switches
     (the released form: learned W_out, LayerNorms)."""
-    return not tie_out and use_layernorm
+    return not tie_out and use_layernorm and project_out
 
 
 def fast_decoder_layer_forward(Z, params, *, scale=None, causal=False, ln_eps=1e-5, **unused):
@@ -80,7 +80,7 @@ def fast_decoder_layer_forward(Z, params, *, scale=None, causal=False, ln_eps=1e
 
 
 def fast_decoder_layer_backward(dY, cache):
-    """Backward of :func:`fast_decoder_layer_forward` (spec §8.5, the steps of
+    """Backward of :func:`fast_decoder_layer_forward` (the steps of
     :func:`decoder_layer_backward`) -> ``(dZ, grads)`` keyed like the params."""
     check_cache(cache, "fast_decoder_layer_forward", keys=("Xh1", "inv1", "Xh2", "inv2", "Wh", "At", "params"))
     check_cotangent(dY, cache["shape"], cache["Xh1"])

@@ -1,8 +1,9 @@
 r"""The encoder layer, fused for speed and memory (official form; issue 8).
 
 Same mathematics as :func:`minicrate.layers.encoder.encoder_layer_forward` /
-:func:`~minicrate.layers.encoder.encoder_layer_backward` (spec §2.3, §3.2, §3.3,
-§8.2–8.5), which stay the readable reference; ``tests/test_fastpaths.py``
+:func:`~minicrate.layers.encoder.encoder_layer_backward` (the official
+``model/crate.py`` layer and the backward of the book's *Backpropagation by
+hand*), which stay the readable reference; ``tests/test_fastpaths.py``
 checks this file against them.  What is different, and why:
 
 1. **Big products on flattened tokens.**  Every per-token map is one matrix
@@ -82,9 +83,9 @@ from minicrate.ops.heads import bases_as_matrix, heads_to_rows, rows_to_heads
 FAST_KEYS = ("ln1_gamma", "ln1_beta", "U", "W_out", "b_out", "ln2_gamma", "ln2_beta", "D")
 
 
-def supports(*, tie_out=False, use_layernorm=True, **_):
+def supports(*, tie_out=False, use_layernorm=True, project_out=True, **_):
     """True when :func:`layer_forward` implements the layer with these switches."""
-    return not tie_out and use_layernorm
+    return not tie_out and use_layernorm and project_out
 
 
 # --- the layer ------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ class FastLayerCache(dict):
 
 
 def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_eps=1e-5, **unused):
-    r"""One official-form CRATE layer, fused (spec §3.3):
+    r"""One official-form CRATE layer, fused (``model/crate.py``, class ``Transformer``):
     :math:`Z^{\ell+1/2} = Z + \mathrm{MSSA}(\mathrm{LN}_1(Z))`,
     :math:`Y = \mathrm{ReLU}(X + \eta(X - XD^\top)D - \eta\lambda)`,
     :math:`X = \mathrm{LN}_2(Z^{\ell+1/2})`.
@@ -189,7 +190,7 @@ def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_e
 
 
 def layer_backward(dY, cache):
-    r"""Backward of :func:`layer_forward` (spec §8.2–8.5, row convention).
+    r"""Backward of :func:`layer_forward` (tokens as rows).
 
     ISTA: :math:`\bar P = \bar Y\odot 1[Y>0]`, :math:`V = \bar PD^\top`,
     :math:`\bar X = \bar P + \eta(V - VD)`, :math:`\bar D = \eta[G - D(G+G^\top)]`,
@@ -197,7 +198,8 @@ def layer_backward(dY, cache):
     MSSA: :math:`\bar A = \bar O w^\top`,
     :math:`\bar S = A\odot(\bar A - \mathrm{rowsum}(A\odot\bar A))`,
     :math:`\bar w = A^\top\bar O + s(\bar S + \bar S^\top)w`, :math:`\bar U = X_1^\top\bar w`,
-    :math:`\bar X_1 = \bar w U^\top`; both LayerNorms by §8.4; the skip adds
+    :math:`\bar X_1 = \bar w U^\top`; both LayerNorms as in
+    :func:`~minicrate.ops.layernorm.layernorm_backward`; the skip adds
     :math:`\bar Z^{\ell+1/2}`.
 
     Returns:

@@ -62,7 +62,7 @@ def ista_matrix(xp, D, eta):
 
 
 def layernorm_rows_backward(xp, dY, Xh, inv, gamma):
-    r"""Backward of LayerNorm on rows (spec §8.4); returns ``(dX, dgamma, dbeta)``.
+    r"""Backward of LayerNorm on rows; returns ``(dX, dgamma, dbeta)``.
 
     dX = inv·(ĝ − mean(ĝ) − X̂·mean(ĝ⊙X̂)) with ĝ = γ⊙Ȳ; ``dY`` is not modified.
     The row means are matrix-vector products with γ: mean(ĝ) = Ȳγ/d and
