@@ -18,7 +18,7 @@ import numpy as np
 from minicrate.core.backend import namespace
 from minicrate.measure.layerwise import attention_maps, layerwise_comparison
 from minicrate.training.classifier import load_run
-from minicrate.training.rundir import checkpoint_path
+from minicrate.training.rundir import checkpoint_path, strict_json
 
 
 def run_context(run_or_file, data=None, backend="numpy"):
@@ -72,7 +72,7 @@ def measure_run(
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "measure.json")
     with open(json_path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(strict_json(result), f, indent=2, allow_nan=False)
     os.replace(json_path + ".tmp", json_path)
     png = plot_layerwise(
         result,

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from minicrate.cli import main
+from minicrate.commands.arguments import cores
 from minicrate.core import checkpoint as ckpt
 
 TINY_ARGS = ["--dim", "16", "--depth", "2", "--heads", "2", "--seed", "3", "--no-progress"]
@@ -49,16 +50,20 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "junk.npz")]) == 1
     err = capsys.readouterr().err
     assert "truncated, corrupted or not an .npz archive" in err and "Traceback" not in err
-    assert main(["measure", str(tmp_path / "missing")]) == 1
-    assert "no checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # a path that does not exist: a usage error
+        main(["measure", str(tmp_path / "missing")])
+    assert info.value.code == 2 and "expected an existing run directory" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "fresh"), "--resume", *TINY_ARGS]) == 1
     assert "no checkpoint" in capsys.readouterr().err
-    assert main(["train", "--epochs", "0", "--out", str(tmp_path / "z"), *TINY_ARGS]) == 1
-    assert "epochs must be >= 1" in capsys.readouterr().err
-    assert main(["train", "--workers", "-1", "--out", str(tmp_path / "w"), *TINY_ARGS]) == 1
-    assert "workers must be >= 0" in capsys.readouterr().err
+    for option, value in (("--epochs", "0"), ("--workers", "-1")):  # refused while parsing
+        with pytest.raises(SystemExit) as info:
+            main(["train", option, value, "--out", str(tmp_path / "z"), *TINY_ARGS])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and f"argument {option}: got '{value}'; expected" in err
+        assert err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.skipif(cores() < 2, reason="--workers 2 needs two cores (the CLI refuses more workers than cores)")
 def test_train_workers_flag_splits_the_batch_over_processes(tmp_path, capsys, monkeypatch):
     from minicrate.training.parallel import threads as parallel
 

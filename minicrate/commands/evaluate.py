@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from minicrate.commands import arguments as a
+
 NAME = "evaluate"
 HELP = "test accuracy (overall and per class) of a run directory or checkpoint"
 
 
 def add_arguments(p):
-    p.add_argument("path", help="run directory (its latest checkpoint) or a .npz checkpoint")
+    p.add_argument("path", type=a.existing_path, help="run directory (its latest checkpoint) or a .npz checkpoint")
     p.add_argument(
         "--data", choices=["digits", "mnist"], help="default: the data the run trained on"
     )
     p.add_argument("--backend", default="numpy")
     p.add_argument(
-        "--threads", type=int, default=1, help="BLAS threads for NumPy (0: library default)"
+        "--threads", type=a.threads, default=1, help="BLAS threads for NumPy (0: library default)"
     )
 
 
@@ -23,8 +25,9 @@ def run(args):
     from minicrate.models.classifier import describe
     from minicrate.runs import run_context
     from minicrate.training.classifier import evaluate
-    from minicrate.training.rundir import limit_threads
+    from minicrate.training.rundir import limit_threads, require_kind
 
+    require_kind(args.path, "classifier", NAME)
     params, config, _, split, _ = run_context(args.path, args.data, args.backend)
     with limit_threads(args.threads):
         result = evaluate(params, config, split.x_test, split.y_test)

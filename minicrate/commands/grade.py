@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 
+from minicrate.commands import arguments as a
+
 NAME = "grade"
 HELP = "grade a student's .py/.ipynb/.md file with the exercise checks (minicrate.grading)"
 
@@ -26,18 +28,34 @@ def add_arguments(p):
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=a.seed,
         default=None,
         help="seed of the generated cases (instructors: a private one)",
     )
-    p.add_argument("--examples", type=int, default=None, help="number of generated cases per task")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--examples", type=a.integer(1, 100_000), default=None, help="number of generated cases per task")
+    p.add_argument("--json", type=a.out_file, metavar="FILE", help="also write the results as JSON")
     p.add_argument(
         "--gradescope",
+        type=a.out_file,
         metavar="FILE",
         help="also write Gradescope's results.json (one test per task, 1 point each)",
     )
     p.add_argument("--list", action="store_true", help="list the tasks and what they check")
+
+
+def check(args):
+    """A file to grade (or ``--list``), and every ``--task`` names a task (the CLI calls this
+    before :func:`run`)."""
+    if args.tasks:
+        from minicrate import grading
+
+        known = grading.TASKS
+        for task in args.tasks:
+            if task not in known:
+                raise a.UsageError("--task", task, "a task id such as " + ", ".join(list(known)[:4])
+                                   + " ... (minicrate grade --list shows them all)")
+    if not args.list and not args.path:
+        raise a.UsageError("path", None, "the student's file to grade (or --list)")
 
 
 def run(args):

@@ -8,6 +8,7 @@ attention figure into the run directory.
 
 from __future__ import annotations
 
+from minicrate.commands import arguments as a
 from minicrate.commands.arguments import add_resume_arguments
 
 NAME = "quickstart"
@@ -16,13 +17,13 @@ HELP = "train CRATE on sklearn's digits, print test accuracy, write measurement 
 
 def add_arguments(p):
     p.add_argument(
-        "--out", default="runs/quickstart", help="run directory (default runs/quickstart)"
+        "--out", type=a.out_dir, default="runs/quickstart", help="run directory (default runs/quickstart)"
     )
-    p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
-    p.add_argument("--seed", type=int, help="override the recipe's seed")
+    p.add_argument("--epochs", type=a.epochs, help="override the recipe's number of epochs")
+    p.add_argument("--seed", type=a.seed, help="override the recipe's seed")
     add_resume_arguments(p)
     p.add_argument(
-        "--threads", type=int, default=1, help="BLAS threads for NumPy (0: library default)"
+        "--threads", type=a.threads, default=1, help="BLAS threads for NumPy (0: library default)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from minicrate.commands import arguments as a
+
 NAME = "rates"
 HELP = "print the coding rate R of real digit images per class and for all classes"
 
 
 def add_arguments(p):
     p.add_argument("--data", default="digits", choices=["digits", "mnist"])
-    p.add_argument("--eps", type=float, default=0.5, help="quantisation precision ε")
+    p.add_argument("--eps", type=a.real(1e-6, 1e6), default=0.5, help="quantisation precision ε")
     p.add_argument("--backend", default="numpy")
 
 

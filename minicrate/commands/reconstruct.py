@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from minicrate.commands import arguments as a
+
 NAME = "reconstruct"
 HELP = "figure of a CRATE-MAE run's reconstructions: original / masked input / reconstruction"
 
 
 def add_arguments(p):
-    p.add_argument("path", help="a train-mae run directory (its latest checkpoint) or a .npz checkpoint")
-    p.add_argument("--count", type=int, default=8, help="number of test images (default 8)")
-    p.add_argument("--out", help="PNG path (default: reconstruct.png in the run directory)")
+    p.add_argument("path", type=a.existing_path,
+                   help="a train-mae run directory (its latest checkpoint) or a .npz checkpoint")
+    p.add_argument("--count", type=a.integer(1, a.MAX_FIGURE_IMAGES, why="images in one figure"), default=8,
+                   help="number of test images (default 8)")
+    p.add_argument("--out", type=a.figure_file,
+                   help=".png, .pdf or .svg path (default: reconstruct.png in the run directory)")
     p.add_argument("--backend", default="numpy")
 
 
@@ -75,6 +80,9 @@ def reconstruct_figure(path, *, count=8, out=None, backend="numpy"):
 
 
 def run(args):
+    from minicrate.training.rundir import require_kind
+
+    require_kind(args.path, "mae", NAME)
     png, mse = reconstruct_figure(args.path, count=args.count, out=args.out, backend=args.backend)
     print(f"wrote {png} (masked-patch MSE of these images {mse:.4f})")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from minicrate.commands import arguments as a
 from minicrate.commands.arguments import (
     add_model_arguments,
     add_optimisation_arguments,
@@ -22,21 +23,21 @@ def add_arguments(p):
     add_model_arguments(p)
     add_optimisation_arguments(p, seeds="the initialisation, batch order and augmentation")
     p.add_argument("--backend", default="numpy", help="numpy, torch, cupy or array_api_strict")
-    p.add_argument("--out", help="run directory (default runs/<data>)")
+    p.add_argument("--out", type=a.out_dir, help="run directory (default runs/<data>)")
     add_resume_arguments(p)
     p.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=a.integer(0, a.MAX_STEPS),
         default=0,
         metavar="STEPS",
         help="also checkpoint every this many steps (default: every epoch only)",
     )
     p.add_argument(
-        "--threads", type=int, default=1, help="BLAS threads for NumPy (0: library default)"
+        "--threads", type=a.threads, default=1, help="BLAS threads for NumPy (0: library default)"
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=a.workers,
         default=1,
         help="split each batch over this many worker processes (NumPy; 0: one per core)",
     )
@@ -79,6 +80,15 @@ def configs_from_args(args):
         train_over["clip"] = None
     train_over.update(backend=args.backend, checkpoint_every=args.checkpoint_every)
     return model_config, dataclasses.replace(train_config, **train_over)
+
+
+def check(args):
+    """Options that depend on each other (the CLI calls this before :func:`run`)."""
+    from minicrate.commands.arguments import check_model_memory, check_shift
+
+    model_config, train_config = configs_from_args(args)
+    check_shift(train_config.shift, model_config.image_size)
+    check_model_memory(model_config, train_config.batch_size)
 
 
 def run(args):

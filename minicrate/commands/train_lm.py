@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from minicrate.commands import arguments as a
 from minicrate.commands.arguments import add_resume_arguments
 from minicrate.training.lm import (  # noqa: F401  (re-exported: older imports name them here)
     DEFAULT_LR,
@@ -43,38 +44,38 @@ def model_config_for(vocab_size, args_or_dict):
 def add_arguments(p):
     p.add_argument("--form", choices=["causal", "masked"], default="causal",
                    help="causal (GPT-style, next character) or masked (BERT-style, 15%% masks)")
-    p.add_argument("--out", default=None, help="run directory (default runs/lm-<form>)")
+    p.add_argument("--out", type=a.out_dir, default=None, help="run directory (default runs/lm-<form>)")
     add_resume_arguments(p)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--context", type=int, default=64, help="characters per window")
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--steps", type=a.steps, default=3000)
+    p.add_argument("--batch-size", type=a.batch, default=32)
+    p.add_argument("--context", type=a.integer(1, a.MAX_CONTEXT), default=64, help="characters per window")
+    p.add_argument("--dim", type=a.integer(1, a.MAX_WIDTH), default=128)
+    p.add_argument("--depth", type=a.integer(1, a.MAX_DEPTH), default=4)
+    p.add_argument("--heads", type=a.integer(1, a.MAX_HEADS), default=4)
     p.add_argument("--untied-head", action="store_true", help="a separate head matrix")
-    p.add_argument("--embed-std", type=float, default=0.02,
+    p.add_argument("--embed-std", type=a.non_negative_real, default=0.02,
                    help="std of the initial token and position embeddings")
     p.add_argument("--pos-init", choices=["normal", "sinusoidal"], default="normal",
                    help="start of the learned positional embedding")
-    p.add_argument("--eta", type=float, default=0.1, help="ISTA step size η (official 0.1)")
-    p.add_argument("--lam", type=float, default=0.1, help="ISTA sparsity weight λ (official 0.1)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--eta", type=a.real(0.0, lo_open=True), default=0.1, help="ISTA step size η (official 0.1)")
+    p.add_argument("--lam", type=a.non_negative_real, default=0.1, help="ISTA sparsity weight λ (official 0.1)")
+    p.add_argument("--lr", type=a.learning_rate, default=None,
                    help="peak learning rate (default 5e-3 causal, 1e-3 masked)")
-    p.add_argument("--min-lr", type=float, default=None, help="final learning rate (default lr/10)")
-    p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--clip", type=float, default=1.0, help="global gradient-norm bound (0: off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split-seed", type=int, default=0, help="which plays are held out")
-    p.add_argument("--val-plays", type=int, default=4)
+    p.add_argument("--min-lr", type=a.non_negative_real, default=None, help="final learning rate (default lr/10)")
+    p.add_argument("--warmup-steps", type=a.integer(0, a.MAX_STEPS), default=50)
+    p.add_argument("--weight-decay", type=a.non_negative_real, default=0.1)
+    p.add_argument("--clip", type=a.non_negative_real, default=1.0, help="global gradient-norm bound (0: off)")
+    p.add_argument("--seed", type=a.seed, default=0)
+    p.add_argument("--split-seed", type=a.seed, default=0, help="which plays are held out")
+    p.add_argument("--val-plays", type=a.integer(1, 30), default=4)
     p.add_argument("--markdown", action="store_true", help="keep the Markdown markers")
-    p.add_argument("--eval-every", type=int, default=250, help="steps between evaluations "
+    p.add_argument("--eval-every", type=a.integer(1, a.MAX_STEPS), default=250, help="steps between evaluations "
                    "(each also writes a checkpoint)")
-    p.add_argument("--eval-windows", type=int, default=128)
-    p.add_argument("--checkpoint-every", type=int, default=0, help="extra checkpoints (steps)")
-    p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--eval-windows", type=a.integer(1, a.MAX_BATCH), default=128)
+    p.add_argument("--checkpoint-every", type=a.integer(0, a.MAX_STEPS), default=0, help="extra checkpoints (steps)")
+    p.add_argument("--time-limit", type=a.non_negative_real, default=None, help="stop after this many seconds")
     p.add_argument("--backend", default="numpy")
-    p.add_argument("--workers", type=int, default=0, help="threads per batch (0: one per core "
+    p.add_argument("--workers", type=a.workers, default=0, help="threads per batch (0: one per core "
                    "on NumPy)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--no-progress", action="store_true")
@@ -91,6 +92,20 @@ def train_config_from(args):
         eval_every=args.eval_every, eval_windows=args.eval_windows,
         checkpoint_every=args.checkpoint_every, time_limit_s=args.time_limit,
         backend=args.backend, workers=args.workers)
+
+
+def check(args):
+    """Options that depend on each other, and the memory the run needs (the CLI calls this
+    before :func:`run`)."""
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.form]
+    if args.min_lr is not None and args.min_lr > lr:
+        raise a.UsageError("--min-lr", args.min_lr, f"a final learning rate <= the peak --lr {lr:g}")
+    if args.dim % args.heads:
+        raise a.UsageError("--heads", args.heads, f"a divisor of --dim {args.dim}")
+    needed = a.step_bytes(args.batch_size, args.context, args.dim, args.depth, args.heads, args.dtype)
+    a.check_memory(needed, "--context", args.context,
+                   f"--batch-size {args.batch_size}, --dim {args.dim}, --depth {args.depth}, "
+                   f"--heads {args.heads}, --dtype {args.dtype}")
 
 
 def run(args):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from minicrate.commands import arguments as a
 from minicrate.commands.arguments import add_optimisation_arguments, add_resume_arguments
 
 NAME = "train-mae"
@@ -13,27 +14,28 @@ def add_arguments(p):
                    help="data set; also picks the recipe whose defaults the other options override")
     g = p.add_argument_group("model (defaults: the recipe's preset, minicrate.models.mae.MAE_PRESETS)")
     g.add_argument("--preset", help="MAE preset, e.g. mnist, digits")
-    g.add_argument("--dim", type=int, help="token width d (a multiple of 4 and of --heads)")
-    g.add_argument("--depth", type=int, help="encoder layers L (the decoder has as many)")
-    g.add_argument("--heads", type=int, help="number of heads K (p = d/K)")
-    g.add_argument("--image-size", type=int, dest="image_size",
+    g.add_argument("--dim", type=a.integer(1, a.MAX_WIDTH), help="token width d (a multiple of 4 and of --heads)")
+    g.add_argument("--depth", type=a.integer(1, a.MAX_DEPTH), help="encoder layers L (the decoder has as many)")
+    g.add_argument("--heads", type=a.integer(1, a.MAX_HEADS), help="number of heads K (p = d/K)")
+    g.add_argument("--image-size", type=a.integer(1, 512), dest="image_size",
                    help="canvas side in pixels the images are centred on (MNIST: 28 or more)")
-    g.add_argument("--patch", type=int, dest="patch_size", help="patch size in pixels")
-    g.add_argument("--mask-ratio", type=float, dest="mask_ratio", help="fraction of patches masked (0.75)")
-    g.add_argument("--lam", type=float, help="encoder ISTA λ (0.5 in the released CRATE-MAE)")
+    g.add_argument("--patch", type=a.integer(1, 64), dest="patch_size", help="patch size in pixels")
+    g.add_argument("--mask-ratio", type=a.real(0.0, 1.0, lo_open=True, hi_open=True), dest="mask_ratio",
+                   help="fraction of patches masked (0.75)")
+    g.add_argument("--lam", type=a.non_negative_real, help="encoder ISTA λ (0.5 in the released CRATE-MAE)")
     g.add_argument("--tie-decoder", action="store_true", default=None,
                    help="share each decoder layer's E and U with the mirror encoder layer's D and U")
-    g.add_argument("--out-init-gain", type=float, dest="out_init_gain",
+    g.add_argument("--out-init-gain", type=a.non_negative_real, dest="out_init_gain",
                    help="initial scale of the attention output maps W_out (1: as released; default 0.1)")
     g.add_argument("--dtype", choices=["float32", "float64"])
     add_optimisation_arguments(p, seeds="the initialisation, batch order and masks")
     p.add_argument("--backend", default="numpy", help="numpy, torch, cupy or array_api_strict")
-    p.add_argument("--out", help="run directory (default runs/mae-<data>)")
+    p.add_argument("--out", type=a.out_dir, help="run directory (default runs/mae-<data>)")
     add_resume_arguments(p)
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+    p.add_argument("--checkpoint-every", type=a.integer(0, a.MAX_STEPS), default=0, metavar="STEPS",
                    help="also checkpoint every this many steps (default: every epoch only)")
     p.add_argument("--no-probe", action="store_true", help="skip the final linear probe")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads for NumPy (0: library default)")
+    p.add_argument("--threads", type=a.threads, default=1, help="BLAS threads for NumPy (0: library default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -62,6 +64,13 @@ def configs_from_args(args):
         train_over["warmup_epochs"] = min(train_config.warmup_epochs, train_over["epochs"] / 2)
     train_over.update(backend=args.backend, checkpoint_every=args.checkpoint_every)
     return model_config, dataclasses.replace(train_config, **train_over)
+
+
+def check(args):
+    """Options that depend on each other (the CLI calls this before :func:`run`)."""
+    model_config, train_config = configs_from_args(args)
+    a.check_shift(train_config.shift, model_config.image_size)
+    a.check_model_memory(model_config, train_config.batch_size, depth=2 * model_config.depth)
 
 
 def run(args):

@@ -20,10 +20,12 @@ def figure(width, height):
 
 
 def save_figure(fig, path):
-    """Write ``fig`` to the PNG ``path`` atomically (parent folders made); returns ``path``."""
+    """Write ``fig`` to ``path`` atomically (parent folders made); returns ``path``.  The format
+    is the one ``path`` ends with (``.pdf``, ``.svg``), PNG otherwise."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.png"
-    fig.savefig(tmp)
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    fig.savefig(tmp, format=suffix[1:] if suffix in (".pdf", ".svg") else "png")
     os.replace(tmp, path)
     return path
 

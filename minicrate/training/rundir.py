@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import signal
 import threading
@@ -73,6 +74,44 @@ def checkpoint_path(run_or_file):
     return path
 
 
+# What each kind of run is, which command writes it and which commands read it.
+RUN_KINDS = {
+    "classifier": ("a classifier run", "minicrate train (or quickstart)",
+                   "evaluate, measure, attention"),
+    "language-model": ("a language-model run", "minicrate train-lm", "sample"),
+    "mae": ("a CRATE-MAE run", "minicrate train-mae", "reconstruct"),
+}
+
+
+def run_kind(run_or_file):
+    """``"classifier"``, ``"language-model"`` or ``"mae"``: the kind of run a checkpoint
+    (or run directory) holds, read from its header alone; ``None`` when it cannot tell."""
+    from minicrate.core import checkpoint as ckpt
+
+    header = ckpt.read_header(checkpoint_path(run_or_file))
+    extra = header.get("extra") if isinstance(header.get("extra"), dict) else {}
+    if "lm_config" in extra:
+        return "language-model"
+    if "mae_config" in extra:
+        return "mae"
+    if isinstance(header.get("config"), dict):
+        return "classifier"
+    return None
+
+
+def require_kind(run_or_file, kind, command):
+    """Raise :class:`CheckpointError` naming both kinds when ``run_or_file`` holds a run of
+    another kind than ``kind`` (a key of :data:`RUN_KINDS`) that ``command`` reads."""
+    found = run_kind(run_or_file)
+    if found is None or found == kind:
+        return
+    what, writer, readers = RUN_KINDS[found]
+    raise CheckpointError(
+        f"{os.fspath(run_or_file)!r} is {what} (written by '{writer}'), but '{command}' reads "
+        f"{RUN_KINDS[kind][0][2:]}s (written by '{RUN_KINDS[kind][1]}'); {what[2:]}s are read by: "
+        f"{readers}")
+
+
 def write_text(path, text):
     """Write ``text`` to ``path`` atomically through ``path.tmp`` (a reader never sees half
     a file); a failed write removes ``path.tmp`` and leaves ``path`` as it was."""
@@ -87,9 +126,22 @@ def write_text(path, text):
         raise
 
 
+def strict_json(data):
+    """``data`` with every NaN or infinite float replaced by ``None``, so that the JSON written
+    is strict (``jq`` and ``JSON.parse`` reject the ``NaN``/``Infinity`` literals)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(v) for v in data]
+    return data
+
+
 def write_json(path, data):
-    """Write ``data`` as indented JSON, atomically (:func:`write_text`)."""
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    """Write ``data`` as indented strict JSON (non-finite numbers as ``null``), atomically
+    (:func:`write_text`)."""
+    write_text(path, json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n")
 
 
 def partial_files(directory, names=RUN_FILES):
