@@ -29,3 +29,24 @@ U = np.ones((2, 4, 2))
 def test_bad_input(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()
+
+
+def test_rates_refuse_bools_tiny_eps_masked_arrays_and_other_floats():
+    """Issue 22: each of these was accepted or failed with a message that did not name the argument."""
+    import numpy as np
+    import pytest
+
+    import minicrate as mc
+
+    Z = np.random.default_rng(0).standard_normal((5, 3))
+    with pytest.raises(TypeError, match="eps must be a real number, got the bool"):
+        mc.coding_rate(Z, True)
+    with pytest.raises(ValueError, match="eps = 1e-300 is too small"):
+        mc.coding_rate(Z, 1e-300)
+    with pytest.raises(TypeError, match="Z must be a plain array, got a masked array"):
+        mc.coding_rate(np.ma.masked_array(Z, mask=Z > 1), 0.5)
+    for dtype in (np.float16, np.longdouble):
+        if np.dtype(dtype) in (np.dtype(np.float64),):
+            continue  # longdouble is float64 on some platforms
+        with pytest.raises(TypeError, match="Z must have a real floating dtype"):
+            mc.coding_rate(Z.astype(dtype), 0.5)

@@ -59,7 +59,11 @@ def check_array(x, name, *, ndim=None, min_ndim=None, shape=None, floating=True,
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
         raise TypeError(f"{name} must be an array, got {describe(x)}")
     xp = namespace(x)
-    if floating and not xp.isdtype(x.dtype, "real floating"):
+    if type(x).__name__ == "MaskedArray":  # its mask would be ignored silently
+        raise TypeError(f"{name} must be a plain array, got a masked array ({describe(x)}); "
+                        "fill or drop the masked entries first")
+    if floating and not (xp.isdtype(x.dtype, "real floating")
+                         and str(x.dtype).rsplit(".", 1)[-1] in ("float32", "float64")):
         raise TypeError(f"{name} must have a real floating dtype (float32 or float64), got {describe(x)}")
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} axes, got {describe(x)}")
@@ -104,7 +108,9 @@ def check_same_kind(**arrays):
 
 
 def check_positive(value, name, *, allow_zero=False):
-    """A real number > 0 (or >= 0 with ``allow_zero``), finite."""
+    """A real number > 0 (or >= 0 with ``allow_zero``), finite; a bool is not a number here."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number, got the bool {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):

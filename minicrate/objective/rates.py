@@ -30,6 +30,8 @@ case, tokens exactly on a subspace).
 
 from __future__ import annotations
 
+import math
+
 from minicrate.core.backend import device_of, namespace
 from minicrate.core.validate import check_array, check_heads, check_positive, check_same_kind
 
@@ -89,6 +91,9 @@ def _gram_solve(W, c):
 def _check_rate_args(Z, eps, U=None):
     check_array(Z, "Z", min_ndim=2)
     eps = check_positive(eps, "eps")
+    if eps * eps * Z.shape[-2] == 0.0 or not math.isfinite(Z.shape[-1] / (Z.shape[-2] * eps * eps)):
+        raise ValueError(f"eps = {eps!r} is too small: the rate's constant d/(N·ε²) overflows "
+                         "(use eps >= 1e-100 or so)")
     if U is None:
         return eps, None, None
     check_same_kind(Z=Z, U=U)

@@ -53,7 +53,7 @@ import math
 import os
 import time
 
-from minicrate.core.backend import host_to
+from minicrate.core.backend import host_to, namespace
 from minicrate.core.validate import check_int, finite_checks
 from minicrate.training.optim import clip_by_global_norm, global_norm
 from minicrate.training.resume import restore
@@ -143,6 +143,15 @@ class _Run:
         return self.task.result(self.params, self.history, self.step, metrics, "interrupted")
 
 
+def params_finite(params) -> bool:
+    """True when every parameter array holds only finite values."""
+    for v in params.values():
+        xp = namespace(v)
+        if not bool(xp.all(xp.isfinite(v))):
+            return False
+    return True
+
+
 def capped_warmup(warmup_steps, total_steps):
     """The warm-up cut to the run: a recipe cut short (``--epochs 1 --warmup 2``) still runs."""
     return min(int(warmup_steps), int(total_steps))
@@ -224,6 +233,12 @@ def _steps(run, signals, stop_after_steps, make_bar):
         step = run.step
         out_of_time = time_limit is not None and run.wall() >= time_limit
         stop = bool(signals.received) or (stop_after_steps is not None and step >= stop_after_steps)
+        saving = (step % every == 0 or step == total or out_of_time or stop
+                  or (tc.checkpoint_every and step % tc.checkpoint_every == 0))
+        if saving and not params_finite(run.params):
+            # An update can overflow with a finite loss and gradient (a huge learning rate): never
+            # let such parameters replace the last good checkpoint.
+            run.diverged(f"the parameters are not finite after the update at {task.where(step - 1)}", bar)
         if step % every == 0 or step == total or out_of_time:
             bar.close()
             bar = None
