@@ -7,7 +7,8 @@ The file (``.py``, ``.ipynb`` or MyST ``.md``) is imported with
 ``importlib.util.spec_from_file_location`` under a fresh module name
 (:func:`minicrate.grading.load_student_module`), never as ``minicrate``.  One
 test per task, marked ``task3_2`` etc.; tasks whose function the file does not
-define are skipped, and each failure prints the grader's full report (where,
+define, and for a file named after a notebook the tasks of other notebooks, are
+skipped, and each failure prints the grader's full report (where,
 how far off, and the hint for a known mistake).  Optional:
 ``MINICRATE_GRADING_SEED`` (private cases) and ``MINICRATE_GRADING_EXAMPLES``.
 
@@ -22,6 +23,9 @@ import pytest
 from minicrate import grading
 
 STUDENT = os.environ.get("MINICRATE_STUDENT")
+# a file named after an exercise notebook is graded on that notebook's tasks only, as
+# ``minicrate grade`` does (a notebook also defines the functions it provides)
+OWN_TASKS = grading.tasks_of_notebook(STUDENT) if STUDENT else []
 
 pytestmark = pytest.mark.skipif(not STUDENT, reason="set MINICRATE_STUDENT to the file to grade")
 
@@ -40,6 +44,8 @@ def student_module():
 )
 def test_task(task_id, student_module):
     task = grading.TASKS[task_id]
+    if OWN_TASKS and task_id not in OWN_TASKS:
+        pytest.skip(f"task {task_id} is not a task of {os.path.basename(STUDENT)}'s notebook")
     fn = getattr(student_module, task.function, None)
     if fn is None:
         pytest.skip(f"{STUDENT} defines no {task.function}")

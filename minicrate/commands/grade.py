@@ -52,8 +52,7 @@ def check(args):
         known = grading.TASKS
         for task in args.tasks:
             if task not in known:
-                raise a.UsageError("--task", task, "a task id such as " + ", ".join(list(known)[:4])
-                                   + " ... (minicrate grade --list shows them all)")
+                raise a.UsageError("--task", task, "one of " + ", ".join(known))
     if not args.list and not args.path:
         raise a.UsageError("path", None, "the student's file to grade (or --list)")
 
@@ -80,6 +79,10 @@ def run(args):
         return 1
     for r in results:
         print(r)
+    if any("relative error" in str(r) for r in results):  # the measure, explained once
+        from minicrate.grading.compare import ERROR_MEASURE
+
+        print("\n" + ERROR_MEASURE)
     total = sum(r.score for r in results)
     print(
         f"\n{sum(r.passed for r in results)} of {len(results)} tasks passed; "

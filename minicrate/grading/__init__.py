@@ -49,7 +49,10 @@ use it.
 The modules, bottom up: ``types`` (tasks, cases, results), ``compare``,
 ``cases``, ``mistakes`` (wrong outputs built from the library's own),
 ``tasks`` (one module per chapter), ``registry``, ``engine`` (:func:`check`),
-``files`` (grading a file) and ``student`` (the student handout).  It is
+``files`` (grading a file), ``sandbox`` and ``classroom`` (grading a folder of
+submissions, each in a time- and memory-limited subprocess whose outputs are
+compared here: ``python -m minicrate grade-class``) and ``student`` (the
+student handout).  It is
 host-side tooling, like the finite-difference checker: it compares results
 in NumPy, whatever backend the cases are built on.
 """

@@ -16,6 +16,14 @@ import numpy as np
 from minicrate.core.backend import to_numpy
 from minicrate.grading.types import FLOOR, RTOL
 
+ERROR_MEASURE = (
+    "relative error = |yours - expected| / max(|yours| + |expected|, 1e-6 * largest |expected|), "
+    "entry by entry (CS231n's measure): 0 is equal, 1e-6 is the tolerance, 1.0 means unrelated "
+    "(e.g. a sign flip or a zero where a value belongs), and 0.333 is a factor 2 "
+    "(|2x - x| / (|2x| + |x|) = 1/3)."
+)
+"""How :func:`compare` measures a difference, said once at the end of a report."""
+
 
 def as_host(x, name="output"):
     """A float64 NumPy copy of an array-like output (raises ``TypeError`` if it is not one)."""
@@ -29,6 +37,26 @@ def as_host(x, name="output"):
         return np.asarray(to_numpy(x), dtype=np.float64)
     except Exception as err:  # not an array of any backend we know
         raise TypeError(f"{name} should be an array, got {type(x).__name__}") from err
+
+
+def dtype_name(x):
+    """The dtype name of an array of any backend (``"float32"``), ``None`` for anything else."""
+    if isinstance(x, (bool, int, float)) or not hasattr(x, "dtype"):
+        return None
+    try:
+        return np.asarray(to_numpy(x)).dtype.name
+    except Exception:
+        return None
+
+
+def dtype_problem(name, have, want):
+    """Why an output of dtype ``have`` breaks the contract of the reference's ``want``, or ``None``."""
+    if not have or not want or have == want or np.dtype(want).kind != "f":
+        return None
+    return (
+        f"{name} has dtype {have}, but the inputs (and the reference) are {want}: return "
+        f"{want} (a {have} result is not accurate to {want} precision)"
+    )
 
 
 def compare(got, expected, rtol=RTOL):
@@ -103,6 +131,8 @@ def ratio_hint(got, expected):
     e = np.asarray(expected, dtype=np.float64).ravel()
     if g.shape != e.shape or g.size == 0 or not np.all(np.isfinite(g)):
         return None
+    if not np.any(g):
+        return "your result is all zeros on this case: is the function finished?"
     mask = np.abs(e) > 1e-8 * max(1.0, float(np.max(np.abs(e))))
     if not mask.any():
         return None
@@ -123,15 +153,31 @@ def ratio_hint(got, expected):
     return None
 
 
+def _library_file(filename):
+    """True for a file of Python itself, an installed package or minicrate (not a student's)."""
+    import sysconfig
+
+    roots = {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        try:
+            roots.add(os.path.abspath(sysconfig.get_path(key)))
+        except (KeyError, TypeError):
+            pass
+    path = os.path.abspath(filename)
+    return filename.startswith("<frozen") or any(path.startswith(r + os.sep) for r in roots)
+
+
 def format_exception(err: BaseException) -> str:
+    """``"ValueError: message (line 12: the line)"``, the line being the student's own: the
+    innermost frame outside Python, installed packages and minicrate (else the innermost
+    frame outside the grader)."""
     tb = traceback.extract_tb(err.__traceback__)
-    where = ""
     inside = os.path.join("minicrate", "grading") + os.sep
-    for frame in reversed(tb):  # the innermost frame outside the grader (the student's line)
-        if inside not in frame.filename:
-            where = (
-                f" (line {frame.lineno}: {frame.line})" if frame.line else f" (line {frame.lineno})"
-            )
-            break
+    frames = [f for f in reversed(tb) if not _library_file(f.filename)]
+    frames = frames or [f for f in reversed(tb) if inside not in f.filename]
+    where = ""
+    if frames:
+        frame = frames[0]
+        where = f" (line {frame.lineno}: {frame.line})" if frame.line else f" (line {frame.lineno})"
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {text}{where}"

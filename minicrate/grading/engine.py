@@ -15,9 +15,18 @@ import numpy as np
 from minicrate.checks.gradcheck import check_vjp
 from minicrate.core.backend import namespace, to_numpy
 from minicrate.grading.cases import make_cases
-from minicrate.grading.compare import as_host, compare, describe_difference, format_exception, matches, ratio_hint
+from minicrate.grading.compare import (
+    as_host,
+    compare,
+    describe_difference,
+    dtype_name,
+    dtype_problem,
+    format_exception,
+    matches,
+    ratio_hint,
+)
 from minicrate.grading.registry import get_task
-from minicrate.grading.types import Case, CheckResult, PropertyResult, Task
+from minicrate.grading.types import Case, CaseRun, CheckResult, PropertyResult, Task
 
 
 def _copy_value(x):
@@ -36,6 +45,8 @@ def _snapshot(value):
     try:
         if isinstance(value, dict):
             return {k: _snapshot(v) for k, v in value.items()}
+        if isinstance(value, (tuple, list)):
+            return tuple(_snapshot(v) for v in value)
         if hasattr(value, "shape") and hasattr(value, "dtype"):
             return np.array(to_numpy(value), copy=True)
     except Exception:
@@ -47,7 +58,13 @@ def _modified(before, after):
     if before is None:
         return False
     if isinstance(before, dict):
-        return any(_modified(before[k], after.get(k)) for k in before if k in after)
+        return isinstance(after, dict) and any(
+            _modified(before[k], after.get(k)) for k in before if k in after
+        )
+    if isinstance(before, tuple):
+        return isinstance(after, (tuple, list)) and any(
+            _modified(b, a) for b, a in zip(before, after, strict=False)
+        )
     try:
         a = to_numpy(after)
         return a.shape != before.shape or not np.array_equal(a, before, equal_nan=True)
@@ -60,10 +77,13 @@ class _NotImplemented(Exception):
 
 
 def _call(task: Task, fn, case: Case, forward=None):
-    """Run ``fn`` on a copy of ``case``; return its outputs as named host arrays."""
+    """Run ``fn`` on a copy of ``case``; return its outputs as named float64 host arrays and
+    the dtypes it really returned.  Changing an input, the upstream gradient or the cache in
+    place raises ``TypeError``."""
     args = tuple(_copy_value(a) for a in case.args)
     kwargs = {k: _copy_value(v) for k, v in case.kwargs.items()}
     before = [_snapshot(a) for a in args]
+    watched = []  # (what, before, after-object) of the backward's own arguments
     if task.kind == "backward":
         fwd = forward if forward is not None else task.reference_forward
         try:
@@ -74,7 +94,10 @@ def _call(task: Task, fn, case: Case, forward=None):
             ) from err
         if not (isinstance(out, tuple) and len(out) == 2):
             raise TypeError("the forward function should return a tuple (out, cache)")
-        returned = fn(_copy_value(case.dout), out[1])
+        dout = _copy_value(case.dout)
+        watched = [("upstream gradient (dout)", _snapshot(dout), dout),
+                   ("cache", _snapshot(out[1]), out[1])]
+        returned = fn(dout, out[1])
     else:
         returned = fn(*args, **kwargs)
     names = _argnames(task, len(args))
@@ -84,8 +107,40 @@ def _call(task: Task, fn, case: Case, forward=None):
                 f"the function modified its input {name} in place; "
                 "work on new arrays (e.g. X = X - mu, not X -= mu)"
             )
+    for what, b, a in watched:
+        if _modified(b, a):
+            raise TypeError(
+                f"the backward modified its {what} in place; work on a copy "
+                "(e.g. dP = np.where(P > 0, dY, 0.0), not dY[P <= 0] = 0)"
+            )
     outputs = task.outputs(returned)
-    return {k: as_host(v, k) for k, v in outputs.items()}
+    return {k: as_host(v, k) for k, v in outputs.items()}, {k: dtype_name(v) for k, v in outputs.items()}
+
+
+def run_case(task: Task, fn, case: Case, forward=None) -> CaseRun:
+    """Run the student's function on one case; never raises for the student's code."""
+    try:
+        outputs, dtypes = _call(task, fn, case, forward)
+        return CaseRun(outputs=outputs, dtypes=dtypes)
+    except _NotImplemented as err:
+        return CaseRun(not_implemented=str(err))
+    except NotImplementedError as err:
+        msg = str(err) or f"Task {task.id}"
+        return CaseRun(
+            not_implemented=f"not implemented yet ({msg}); write the code where the stub raises"
+        )
+    except (Exception, SystemExit) as err:  # noqa: BLE001 -- student code may raise anything
+        return CaseRun(error=format_exception(err))
+
+
+def run_cases(task: Task, fn, cases, forward=None) -> list:
+    """:func:`run_case` on every case, stopping at the first "not implemented"."""
+    runs = []
+    for case in cases:
+        runs.append(run_case(task, fn, case, forward))
+        if runs[-1].not_implemented is not None:
+            break
+    return runs
 
 
 def _argnames(task, n):
@@ -94,7 +149,8 @@ def _argnames(task, n):
 
 
 def _reference_outputs(task: Task, case: Case):
-    return {k: as_host(v, k) for k, v in task.reference(case).items()}
+    ref = task.reference(case)
+    return {k: as_host(v, k) for k, v in ref.items()}, {k: dtype_name(v) for k, v in ref.items()}
 
 
 # --------------------------------------------------------------------------
@@ -103,7 +159,16 @@ def _reference_outputs(task: Task, case: Case):
 
 
 def check(
-    task, student_function, *, forward=None, seed=None, examples=None, backend="numpy", fd=True
+    task,
+    student_function,
+    *,
+    forward=None,
+    seed=None,
+    examples=None,
+    backend="numpy",
+    fd=True,
+    runs=None,
+    name=None,
 ) -> CheckResult:
     """Grade ``student_function`` on task ``task`` (e.g. ``"3.2"``).
 
@@ -119,6 +184,16 @@ def check(
         backend: array backend of the inputs (``"numpy"``; ``"array_api_strict"``
             checks that the code is portable).
         fd: also run the finite-difference check of gradients.
+        runs: the :class:`CaseRun` of every case, already computed (by a
+            sandboxed child process, :mod:`minicrate.grading.classroom`):
+            ``student_function`` is then not called, only graded.
+        name: the function's name in the result (default: its ``__name__``).
+
+    Contracts: every output has the reference's dtype (float64 in, float64
+    out), the exact shape, and no input, upstream gradient or cache is
+    changed in place.  Score: 1.0 when every property passed, else the
+    fraction of the value properties that passed times the fraction of the
+    cases that ran; running alone earns nothing.
 
     Returns:
         a :class:`CheckResult`.  Never raises because the student's code
@@ -127,24 +202,23 @@ def check(
     start = time.perf_counter()
     if not isinstance(task, Task):
         task = get_task(task)
-    name = getattr(student_function, "__name__", type(student_function).__name__)
+    if name is None:
+        name = getattr(student_function, "__name__", type(student_function).__name__)
+    n_ran = [0, 0]  # cases that ran, cases
 
     def done(status, props, note=""):
-        n = len(props)
-        score = sum(p.passed for p in props) / n if n else 0.0
-        if status == "failed" and n and all(p.passed for p in props):
+        if status == "failed" and props and all(p.passed for p in props):
             status = "passed"
-        return CheckResult(
-            task.id,
-            name,
-            status,
-            score if status != "not implemented" else 0.0,
-            props,
-            time.perf_counter() - start,
-            note,
-        )
+        values = props[1:]
+        if status == "passed":
+            score = 1.0
+        elif status != "failed" or not values or not n_ran[1]:
+            score = 0.0
+        else:
+            score = sum(p.passed for p in values) / len(values) * n_ran[0] / n_ran[1]
+        return CheckResult(task.id, name, status, score, props, time.perf_counter() - start, note)
 
-    if not callable(student_function):
+    if runs is None and not callable(student_function):
         return done("error", [], f"expected a function, got {type(student_function).__name__}")
     try:
         cases = make_cases(task, seed=seed, examples=examples, backend=backend)
@@ -152,44 +226,41 @@ def check(
         return done("error", [], f"could not build the cases: {format_exception(err)}")
 
     # 1. run on every case
-    ran = []  # (index, case, outputs)
-    failures = []
-    for i, case in enumerate(cases):
-        try:
-            ran.append((i, case, _call(task, student_function, case, forward)))
-        except _NotImplemented as err:
-            return done("not implemented", [], str(err))
-        except NotImplementedError as err:
-            msg = str(err) or f"Task {task.id}"
-            return done(
-                "not implemented",
-                [],
-                f"not implemented yet ({msg}); write the code where the stub raises",
-            )
-        except (Exception, SystemExit) as err:  # noqa: BLE001 -- student code may raise anything
-            failures.append((i, case, err))
-    props = []
+    sandboxed = runs is not None
+    if not sandboxed:
+        runs = run_cases(task, student_function, cases, forward)
+    runs = list(runs)[: len(cases)]
+    for run in runs:
+        if run.not_implemented is not None:
+            return done("not implemented", [], run.not_implemented)
     n = len(cases)
+    if len(runs) < n:  # the sandbox sent fewer runs than cases
+        runs += [CaseRun(error="no result came back for this case")] * (n - len(runs))
+    ran = [(i, case, run) for i, (case, run) in enumerate(zip(cases, runs, strict=True))
+           if run.error is None]
+    failures = [(i, case, run.error) for i, (case, run) in enumerate(zip(cases, runs, strict=True))
+                if run.error is not None]
+    n_ran[:] = [len(ran), n]
+    title = f"runs on all {n} cases, returns the documented structure and changes no argument"
+    props = []
     if failures:
         i, case, err = failures[0]
         props.append(
             PropertyResult(
-                f"runs on all {n} cases and returns the documented structure",
+                title,
                 False,
-                f"case {i + 1} of {n} ({case.label}) raised {format_exception(err)}"
+                f"case {i + 1} of {n} ({case.label}): {err}"
                 + (f"; {len(failures) - 1} more case(s) failed too" if len(failures) > 1 else "")
                 + (
                     f"\n(the cache came from minicrate's forward, whose layout differs from "
                     f"yours: pass forward={task.forward_name} to check)"
-                    if task.kind == "backward" and forward is None
+                    if task.kind == "backward" and forward is None and not sandboxed
                     else ""
                 ),
             )
         )
     else:
-        props.append(
-            PropertyResult(f"runs on all {n} cases and returns the documented structure", True)
-        )
+        props.append(PropertyResult(title, True))
 
     # 2. every output against the reference
     references = {}
@@ -200,33 +271,35 @@ def check(
         except Exception as err:
             return done("error", props, f"the reference failed: {format_exception(err)}")
         out_names = []  # in order of first appearance (a task's outputs may vary by case)
-        for ref in references.values():
+        for ref, _ in references.values():
             out_names += [k for k in ref if k not in out_names]
         for out_name in out_names:
             props.append(_output_property(task, out_name, ran, references, n, mistake_cache))
     # 3. finite differences
     if fd and task.fd is not None and ran:
-        props.append(_fd_property(task, ran))
-    # 4. task-specific properties
-    for extra in task.extra:
-        try:
-            props.append(extra(student_function, cases, {"forward": forward, "backend": backend}))
-        except (Exception, SystemExit) as err:  # noqa: BLE001
-            props.append(
-                PropertyResult(
-                    getattr(extra, "__doc__", None) or extra.__name__,
-                    False,
-                    f"raised {format_exception(err)}",
+        props.append(_fd_property(task, ran, references))
+    # 4. task-specific properties (they call the function again: not in a sandbox)
+    if student_function is not None and callable(student_function):
+        for extra in task.extra:
+            try:
+                props.append(extra(student_function, cases, {"forward": forward, "backend": backend}))
+            except (Exception, SystemExit) as err:  # noqa: BLE001
+                props.append(
+                    PropertyResult(
+                        getattr(extra, "__doc__", None) or extra.__name__,
+                        False,
+                        f"raised {format_exception(err)}",
+                    )
                 )
-            )
     return done("failed", props)
 
 
 def _output_property(task, out_name, ran, references, n, mistake_cache):
-    used = [(i, case, outputs) for i, case, outputs in ran if out_name in references[i]]
-    title = f"{out_name} matches the reference on all {len(used)} case(s) that ran"
-    for i, case, outputs in used:
-        expected = references[i][out_name]
+    used = [(i, case, run) for i, case, run in ran if out_name in references[i][0]]
+    title = f"{out_name} matches the reference (value, shape, dtype) on all {len(used)} case(s) that ran"
+    for i, case, run in used:
+        outputs = run.outputs
+        expected = references[i][0][out_name]
         if out_name not in outputs:
             return PropertyResult(
                 title,
@@ -235,11 +308,14 @@ def _output_property(task, out_name, ran, references, n, mistake_cache):
                 f"(it returned {sorted(outputs)})",
             )
         got = outputs[out_name]
+        wrong_dtype = dtype_problem(out_name, run.dtypes.get(out_name), references[i][1].get(out_name))
+        if wrong_dtype:
+            return PropertyResult(title, False, f"on case {i + 1} of {n} ({case.label}): {wrong_dtype}")
         diff = compare(got, expected)
         if diff is None:
             continue
         hints = _mistake_hints(task, case, i, out_name, got, mistake_cache)
-        if not hints:
+        if not hints and diff["why"] == "value":  # no round-off hint for a wrong shape
             generic = ratio_hint(got, expected)
             if generic:
                 hints = [generic]
@@ -262,7 +338,7 @@ def _mistake_hints(task, case, i, out_name, got, cache):
     return hints
 
 
-def _fd_property(task, ran):
+def _fd_property(task, ran, references):
     spec = task.fd
     used = ran[: spec.cases]
     names = ", ".join(spec.wrt) if len(spec.wrt) <= 4 else f"all {len(spec.wrt)} gradients"
@@ -270,10 +346,13 @@ def _fd_property(task, ran):
     title = (
         f"{names} {verb} with finite differences of the reference forward on {len(used)} case(s)"
     )
-    for i, case, outputs in used:
+    for i, case, run in used:
+        outputs = run.outputs
         grads = {arg: outputs[out] for out, arg in spec.wrt.items() if out in outputs}
         if len(grads) < len(spec.wrt):
             return PropertyResult(title, False, "some gradients are missing (see above)")
+        if any(dtype_problem(out, run.dtypes.get(out), references[i][1].get(out)) for out in spec.wrt):
+            return PropertyResult(title, False, "a gradient has the wrong dtype (see above)")
         if spec.inputs is not None:
             inputs = spec.inputs(case)
         else:

@@ -157,8 +157,30 @@ where, by how much, and a hint when your output matches a known mistake.
 
 Notebooks: {listing}
 
-Grade a whole file locally with ``python -m minicrate grade NOTEBOOK`` (needs minicrate
-installed with its ``dev`` extra: ``pip install -e ".[dev]"``).
+## Installing
+
+The checks need minicrate with its ``dev`` extra (Hypothesis draws the cases, jupytext reads
+the notebooks). From a copy of the minicrate repository (not this folder):
+``pip install -e ".[dev]"``; or from its wheel: ``pip install "minicrate-VERSION-py3-none-any.whl[dev]"``.
+Check with ``python -c "import minicrate.grading"``.
+
+## Grading and reproducing a failing case
+
+Grade a whole file with ``python -m minicrate grade NOTEBOOK`` (or ``--task 6.2`` for one
+task). A failure names the case (``case 2 of 10``) and the entry; to look at that case
+yourself, rebuild it, with the same seed the grader used:
+
+```python
+from minicrate import grading
+task = grading.get_task("6.2")
+cases = grading.make_cases(task)            # seed=grading.default_seed(), as the check
+case = cases[1]                             # "case 2 of 10"
+print(case.label, case.args, case.kwargs)   # a backward task also has case.dout
+expected = task.reference(case)             # what the check compares with
+```
+
+Your instructor may grade with another seed (``make_cases(task, seed=...)``); code that is
+right passes on every seed.
 """
 
 

@@ -210,3 +210,21 @@ class CheckResult:
             "note": self.note,
             "properties": [dataclasses.asdict(p) for p in self.properties],
         }
+
+
+@dataclasses.dataclass
+class CaseRun:
+    """What running the student's function on one case gave: its outputs, or why it did not.
+
+    ``outputs`` maps an output name to a float64 host copy, ``dtypes`` the same
+    names to the dtype the function really returned (``None`` for a Python
+    number); ``error`` is the formatted exception (the case failed to run),
+    ``not_implemented`` the message of a ``NotImplementedError``.  It is plain
+    data, so a sandboxed child process can send it back to the grader
+    (:mod:`minicrate.grading.sandbox`).
+    """
+
+    outputs: dict | None = None
+    dtypes: dict = dataclasses.field(default_factory=dict)
+    error: str | None = None
+    not_implemented: str | None = None

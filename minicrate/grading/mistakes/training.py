@@ -127,6 +127,13 @@ def clip_always(grads, max_norm):
     return {k: _host(g) * (max_norm / norm) for k, g in grads.items()}, norm
 
 
+def clip_torch_style(grads, max_norm):
+    """torch's ``clip_grad_norm_``: factor min(1, max_norm/(‖g‖ + 1e-6))."""
+    norm = global_norm(grads)
+    scale = min(1.0, max_norm / (norm + 1e-6))
+    return {k: _host(g) * scale for k, g in grads.items()}, norm
+
+
 def clip_squared_norm(grads, max_norm):
     """Norm Σg² and factor min(1, max_norm/Σg²) = min(1, (max_norm/‖g‖)/‖g‖)."""
     norm = global_norm(grads)

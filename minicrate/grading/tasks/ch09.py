@@ -12,9 +12,8 @@ task function                  notebook
 The known mistakes are built from :mod:`minicrate.models.loss` and
 :mod:`minicrate.training.optim` themselves: a wrong smoothing is the library's
 loss at the smoothing that gives that target, a missing bias correction is the
-library's AdamW step so far on that ``1 − βᵗ`` is 1, a wrong clipping factor is
-the library's clipping at the ``max_norm`` that gives that factor; the rest are
-multiples of the reference or one-line changes of its outputs.
+library's AdamW step so far on that ``1 − βᵗ`` is 1, a wrong clipping factor is the library's
+clipping at the ``max_norm`` that gives it; the rest are multiples or one-line changes.
 """
 
 from __future__ import annotations
@@ -256,12 +255,14 @@ def _clip_spec(draw):
 _CLIP_EXPLICIT = (
     {"shapes": ((3,), (2, 2)), "factor": 0.5, "seed": 91},
     {"shapes": ((2, 2), (3,), (4, 1)), "factor": 2.0, "seed": 92},
+    {"shapes": ((3,), (2, 2)), "factor": 0.5, "seed": 93, "scale": 1e-3},  # torch's +1e-6 shows
 )
 
 
 def _build_clip(spec, xp):
     rng = np.random.default_rng(spec["seed"])
-    grads = {f"g{i}": rng.standard_normal(s) * (1 + i) for i, s in enumerate(spec["shapes"])}
+    size = spec.get("scale", 1.0)  # the explicit small-gradient case
+    grads = {f"g{i}": rng.standard_normal(s) * (1 + i) * size for i, s in enumerate(spec["shapes"])}
     norm = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
     max_norm = spec["factor"] * norm
     return Case(
@@ -301,6 +302,8 @@ _CLIP_MISTAKES = (
         "clip only when the norm exceeds max_norm: scale = min(1, max_norm/‖g‖)",
         _clipped(mistakes.clip_always),
     ),
+    Mistake("torch-style epsilon", "scale by max_norm/‖g‖ exactly (minicrate.clip_by_global_norm); "
+            "torch's max_norm/(‖g‖ + 1e-6) is off for small gradients", _clipped(mistakes.clip_torch_style)),
     Mistake("squared norm", "the norm is √(Σ g²), not Σ g²", _clipped(mistakes.clip_squared_norm)),
     Mistake("inverted factor", "scale = min(1, max_norm/‖g‖); you have ‖g‖/max_norm", _clipped(mistakes.clip_inverted)),
     Mistake(
