@@ -7,8 +7,11 @@ for every argument, what may change without making the call invalid.  A
 *mutation* then breaks one argument at a time -- not an array, an integer or
 boolean dtype, the other float dtype, another backend, another device
 (``array_api_strict.Device("device1")``), NaN/inf entries, an empty axis, one
-axis more or less, one axis longer, or a bad scalar (ε <= 0, η or λ < 0, NaN,
-a string, ...).  The rules below say for each mutation whether the call must
+axis more or less, one axis longer, a complex, float16 or object dtype, a
+read-only or non-contiguous copy (which must give the same result), an
+``np.matrix`` or masked array (refused), an entry near overflow (1e200 in
+float64, 1e30 in float32: refused, or a finite result), or a bad scalar
+(ε <= 0, η or λ < 0, NaN, a string, ...).  The rules below say for each mutation whether the call must
 raise, must still work, or may do either; in every case the only exceptions
 allowed are ``ValueError`` and ``TypeError`` (and their subclasses, such as
 ``CheckpointError``), and a call that returns must return finite arrays --
@@ -29,6 +32,7 @@ import dataclasses
 import importlib
 import importlib.util
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -307,7 +311,19 @@ ARRAY_MUTATIONS = (
     "rank_down",
     "resize",
     "missing",
+    # array classes (issue 22); the numpy-only ones apply on the numpy backend only
+    "complex",
+    "float16",
+    "object",
+    "readonly",
+    "noncontig",
+    "matrix",
+    "masked",
+    "overflow",
 )
+NUMPY_ONLY = ("object", "readonly", "noncontig", "matrix", "masked")
+# "same": the call must work and give the unmutated call's results
+SAME_AS_VALID = ("readonly", "noncontig")
 
 
 def _other_backend(base):
@@ -433,6 +449,58 @@ def mutate_array(case, kw, path, spec, mutation, base, axis_choice=0):
         if "/" not in path:
             return None
         return _set(kw, path, None, delete=True), ("ok" if spec.optional else "raise")
+    return _mutate_class(kw, path, spec, mutation, base, x, host, back)
+
+
+def _matrix(host):
+    with warnings.catch_warnings():  # NumPy's PendingDeprecationWarning of np.matrix
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        return np.asmatrix(host)
+
+
+def _mutate_class(kw, path, spec, mutation, base, x, host, back):
+    """The array-class mutations: other dtypes (complex, float16, object), NumPy
+    array flavours (read-only, strided, ``np.matrix``, masked) and huge values."""
+    if mutation in NUMPY_ONLY and (base != "numpy" or not isinstance(x, np.ndarray)):
+        return None
+    is_float = spec.kind == "float"
+    if mutation == "complex":  # the imaginary part would be dropped silently
+        return _set(kw, path, back(host + 0.5j, dt="complex128")), "raise"
+    if mutation == "float16":  # too coarse for the checks' tolerances: refused unless cast
+        if not hasattr(get_backend(base), "float16"):  # array_api_strict has none
+            return None
+        cast = is_float and (spec.any_dtype or spec.any_float)
+        return _set(kw, path, back(host, dt="float16")), ("either" if cast else "raise")
+    if mutation == "object":
+        return _set(kw, path, host.astype(object)), "raise"
+    if mutation == "readonly":
+        h = host.copy()
+        h.setflags(write=False)
+        return _set(kw, path, h), "same"
+    if mutation == "noncontig":
+        if host.ndim == 0:
+            return None
+        big = np.zeros(host.shape[:-1] + (2 * host.shape[-1],), host.dtype)
+        big[..., ::2] = host
+        view = big[..., ::2]  # same values, every other entry of a larger array
+        if host.ndim >= 2:
+            flipped = np.ascontiguousarray(np.swapaxes(host, -1, -2)).swapaxes(-1, -2)
+            if not flipped.flags.c_contiguous:
+                view = flipped  # a transposed copy's transpose (Fortran order)
+        assert np.array_equal(view, host)
+        return _set(kw, path, view), "same"
+    if mutation == "matrix":  # 2-D only; `*` and reductions behave differently
+        if host.ndim != 2:
+            return None
+        return _set(kw, path, _matrix(host)), "raise"
+    if mutation == "masked":  # the mask would be ignored silently
+        return _set(kw, path, np.ma.masked_array(host, mask=np.zeros(host.shape, bool))), "raise"
+    if mutation == "overflow":  # one entry near overflow: refused, or a finite result
+        if not is_float or host.size == 0 or host.dtype.kind != "f":
+            return None
+        h = host.copy()
+        h.flat[0] = 1e30 if h.dtype == np.float32 else 1e200
+        return _set(kw, path, back(h)), ("passthrough" if spec.passes_nonfinite else "either")
     raise AssertionError(mutation)
 
 
@@ -449,8 +517,20 @@ def scalar_mutations(path, spec):
     return bad
 
 
-def check_outcome(case, kw, expectation, what):
-    """Call the case; only documented errors may come out, and results must be finite."""
+def check_outcome(case, kw, expectation, what, reference=None):
+    """Call the case; only documented errors may come out, and results must be finite
+    (and, for the expectation "same", equal to those of ``reference``, a thunk)."""
+    if expectation == "same":
+        outputs, want = case.call(kw), reference()
+        got = [to_numpy(o) for o in outputs if o is not None and hasattr(o, "shape")]
+        want = [to_numpy(o) for o in want if o is not None and hasattr(o, "shape")]
+        assert len(got) == len(want), f"{case.name} {what}: {len(got)} outputs, not {len(want)}"
+        for g, w in zip(got, want, strict=True):
+            tol = 1e-4 if w.dtype == np.float32 else 1e-10
+            assert g.shape == w.shape and np.allclose(g, w, rtol=tol, atol=tol, equal_nan=True), (
+                f"{case.name} {what}: a different result than the plain array's"
+            )
+        return "ok"
     try:
         outputs = case.call(kw)
     except DOCUMENTED as err:
@@ -500,8 +580,9 @@ def run_mutation(case, base, dtype, kind, path, mutation, axis):
     if result is None:
         return None
     new_kw, expectation = result
+    reference = lambda: case.call(case.build(get_backend(base), dtype))  # noqa: E731
     return check_outcome(
-        case, new_kw, expectation, f"[{base} {dtype}] {path}: {mutation!r} (axis {axis})"
+        case, new_kw, expectation, f"[{base} {dtype}] {path}: {mutation!r} (axis {axis})", reference
     )
 
 

@@ -340,6 +340,21 @@ MESSAGES = [
         ValueError,
         r"grads names 'y', which is not among the inputs \['x'\]",
     ),
+    (
+        lambda: mc.masked_mse_forward(np.full((2, 4, 4), 1e200), np.ones((2, 4, 4)), MAE_MASK),
+        ValueError,
+        r"pred has entries beyond ±1e\+150, where float64 arithmetic \(squares, sums\) would overflow",
+    ),
+    (
+        lambda: mc.relu(_matrix(np.ones((2, 3)))),
+        TypeError,
+        r"X must be a plain array, got a numpy\.matrix \(shape \(2, 3\) float64\)",
+    ),
+    (
+        lambda: mc.masked_mse_forward(np.ones((2, 4, 4)), np.ones((2, 4, 4)), np.ma.masked_array(MAE_MASK)),
+        TypeError,
+        r"mask must be a plain array, got a masked array",
+    ),
 ]
 
 

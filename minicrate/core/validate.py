@@ -54,14 +54,15 @@ def check_array(x, name, *, ndim=None, min_ndim=None, shape=None, floating=True,
         min_ndim: least number of axes expected, or ``None``.
         shape: expected trailing shape; ``None`` entries match anything.
         floating: require a real floating dtype.
-        finite: reject NaN and inf (when finite checks are enabled).
+        finite: reject NaN and inf, and entries so large that arithmetic on them
+            would overflow (beyond ``_LIMITS``), when finite checks are enabled.
+
+    ``numpy.matrix`` and masked arrays are refused (:func:`check_plain`).
     """
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
         raise TypeError(f"{name} must be an array, got {describe(x)}")
     xp = namespace(x)
-    if type(x).__name__ == "MaskedArray":  # its mask would be ignored silently
-        raise TypeError(f"{name} must be a plain array, got a masked array ({describe(x)}); "
-                        "fill or drop the masked entries first")
+    check_plain(x, name)
     if floating and not (xp.isdtype(x.dtype, "real floating")
                          and str(x.dtype).rsplit(".", 1)[-1] in ("float32", "float64")):
         raise TypeError(f"{name} must have a real floating dtype (float32 or float64), got {describe(x)}")
@@ -76,8 +77,32 @@ def check_array(x, name, *, ndim=None, min_ndim=None, shape=None, floating=True,
             raise ValueError(f"{name} must have trailing shape {want}, got {describe(x)}")
     if any(s == 0 for s in x.shape):
         raise ValueError(f"{name} must not be empty, got {describe(x)}")
-    if finite and _FINITE[0] and floating and not bool(xp.all(xp.isfinite(x))):
-        raise ValueError(f"{name} contains NaN or inf values ({describe(x)})")
+    if finite and _FINITE[0] and floating:
+        limit = _LIMITS[str(x.dtype).rsplit(".", 1)[-1]]
+        if not bool(xp.all(xp.abs(x) <= limit)):  # one pass: NaN and inf fail it too
+            if not bool(xp.all(xp.isfinite(x))):
+                raise ValueError(f"{name} contains NaN or inf values ({describe(x)})")
+            raise ValueError(f"{name} has entries beyond ±{limit:.0e}, where {x.dtype} arithmetic "
+                             f"(squares, sums) would overflow to inf ({describe(x)})")
+    return x
+
+
+# The largest magnitude an array argument may hold: about sqrt(max) / 1000 of its
+# dtype, so that a square, or a sum of a thousand products, of entries stays finite.
+_LIMITS = {"float32": 1e16, "float64": 1e150}
+
+
+def check_plain(x, name):
+    """Refuse NumPy's array flavours whose semantics differ from a plain array's:
+    a masked array (its mask would be ignored silently) and ``np.matrix``
+    (``*`` is a matrix product and reductions keep two axes)."""
+    kind = type(x).__name__
+    if kind == "MaskedArray":
+        raise TypeError(f"{name} must be a plain array, got a masked array ({describe(x)}); "
+                        "fill or drop the masked entries first")
+    if kind == "matrix":
+        raise TypeError(f"{name} must be a plain array, got a numpy.matrix ({describe(x)}); "
+                        "convert it with numpy.asarray first")
     return x
 
 
@@ -233,6 +258,7 @@ def check_int_array(x, name, *, ndim=None):
     are never silently truncated to ids), non-empty, of ``ndim`` axes."""
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
         raise TypeError(f"{name} must be an integer array, got {describe(x)}")
+    check_plain(x, name)
     if not namespace(x).isdtype(x.dtype, "integral"):
         raise TypeError(f"{name} must have an integer dtype, got {describe(x)}")
     if ndim is not None and x.ndim != ndim:

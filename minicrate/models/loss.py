@@ -17,6 +17,7 @@ from minicrate.core.validate import (
     check_array,
     check_cache,
     check_int_array,
+    check_plain,
     check_positive,
     check_real,
     check_same_kind,
@@ -93,6 +94,7 @@ def as_weights(weights, like, B, N):
     and >= 0, as a ``(B·N, 1)`` column with ``like``'s namespace, dtype and device."""
     if not (hasattr(weights, "shape") and hasattr(weights, "dtype")):
         raise TypeError(f"weights must be an array (or None), got {describe(weights)}")
+    check_plain(weights, "weights")
     if not namespace(weights).isdtype(weights.dtype, ("bool", "integral", "real floating")):
         raise TypeError(f"weights must be real numbers or booleans, got {describe(weights)}")
     if tuple(weights.shape) != (B, N):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from minicrate.core.backend import device_of, namespace, to_numpy
-from minicrate.core.validate import check_int, check_real, describe
+from minicrate.core.validate import check_int, check_plain, check_real, describe
 
 
 def num_visible(num_patches, mask_ratio):
@@ -39,6 +39,7 @@ def host_ints(values, name):
 
     if not (hasattr(values, "shape") and hasattr(values, "dtype")):
         raise TypeError(f"{name} must be an integer array, got {describe(values)}")
+    check_plain(values, name)
     host = to_numpy(values)
     if not np.issubdtype(host.dtype, np.integer):
         raise TypeError(f"{name} must have an integer dtype, got {describe(values)}")
@@ -101,6 +102,7 @@ def mask_in(mask, like, B, Np):
     xp = namespace(like)
     if not (hasattr(mask, "shape") and hasattr(mask, "dtype")):
         raise TypeError(f"mask must be a bool (or 0/1) array, got {describe(mask)}")
+    check_plain(mask, "mask")
     if tuple(mask.shape) != (B, Np):
         raise ValueError(f"mask must have shape (B, Np) = ({B}, {Np}), got {describe(mask)}")
     m = to_numpy(mask)
