@@ -53,8 +53,8 @@ def fast_decoder_layer_forward(Z, params, *, scale=None, causal=False, ln_eps=1e
     *_, N, d = Z.shape
     K, p = check_heads(U, d)
     check_same_kind(Z=Z, E=E, U=U, W_out=W_out, b_out=b_out)
-    check_array(E, "E", shape=(d, d), ndim=2, finite=False)
-    check_array(W_out, "W_out", shape=(d, K * p), ndim=2, finite=False)
+    check_array(E, "E", shape=(d, d), ndim=2)
+    check_array(W_out, "W_out", shape=(d, K * p), ndim=2)
     scale = 1.0 / math.sqrt(p) if scale is None else check_positive(scale, "scale")
     xp = namespace(Z, U)
     Z2 = xp.reshape(Z, (-1, d))

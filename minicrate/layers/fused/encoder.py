@@ -140,11 +140,11 @@ def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_e
     norms = {k: params[k] for k in ("ln1_gamma", "ln1_beta", "ln2_gamma", "ln2_beta")}
     check_same_kind(Z=Z, U=U, W_out=W_out, D=D, b_out=b_out, **norms)
     for k, v in norms.items():
-        check_array(v, k, shape=(d,), ndim=1, finite=False)
-    check_array(W_out, "W_out", shape=(d, K * p), ndim=2, finite=False)
-    check_array(D, "D", shape=(d, d), ndim=2, finite=False)
+        check_array(v, k, shape=(d,), ndim=1)
+    check_array(W_out, "W_out", shape=(d, K * p), ndim=2)
+    check_array(D, "D", shape=(d, d), ndim=2)
     if b_out is not None:
-        check_array(b_out, "b_out", shape=(d,), ndim=1, finite=False)
+        check_array(b_out, "b_out", shape=(d,), ndim=1)
     scale = 1.0 / math.sqrt(p) if scale is None else check_positive(scale, "scale")
     xp = namespace(Z, U)
     Z2 = xp.reshape(Z, (-1, d))

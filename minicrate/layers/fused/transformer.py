@@ -85,6 +85,8 @@ def block_forward(Z, params, *, heads, causal=False, scale=None, ln_eps=1e-5):
     check_keys(params, ("ln1_gamma", "ln1_beta", "W_qkv", "W_out", "ln2_gamma", "ln2_beta", "W1", "W2"))
     *lead, N, d = Z.shape
     W_qkv, W_out, W1, W2 = params["W_qkv"], params["W_out"], params["W1"], params["W2"]
+    for k in ("W_qkv", "W1"):  # their shapes give the sizes the others are checked against
+        check_array(params[k], f"params['{k}']", ndim=2)
     inner, h = W_qkv.shape[0] // 3, W1.shape[0]
     if W_qkv.shape[0] % (3 * K) or W_qkv.ndim != 2:
         raise ValueError(f"params['W_qkv'] must have shape (3·heads·p, d) with heads = {K}, got "
@@ -92,7 +94,7 @@ def block_forward(Z, params, *, heads, causal=False, scale=None, ln_eps=1e-5):
     p = inner // K
     for k, shape in transformer_layer_shapes(d, K, p, h).items():
         if k in params:
-            check_array(params[k], f"params['{k}']", shape=shape, ndim=len(shape), finite=False)
+            check_array(params[k], f"params['{k}']", shape=shape, ndim=len(shape))
     check_same_kind(Z=Z, **{k: params[k] for k in TRANSFORMER_KEYS if k in params})
     scale = 1.0 / math.sqrt(p) if scale is None else check_positive(scale, "scale")
     xp = namespace(Z, W_qkv)
