@@ -31,6 +31,16 @@ import os
 import time
 
 from minicrate.core.validate import check_int, describe
+from minicrate.data import images as datasets
+from minicrate.data.text import fixed_windows, load_corpus
+from minicrate.measure.comparison import format_markdown, layerwise_both, plot_comparison
+from minicrate.models import lm
+from minicrate.models.classifier import init_params, param_count
+from minicrate.models.mae import init_mae_params, mae_param_count
+from minicrate.training.classifier import recipe, train
+from minicrate.training.lm import LMTrainConfig, train_lm
+from minicrate.training.mae import load_split, mae_recipe, train_mae
+from minicrate.training.rundir import limit_threads
 
 DATASETS = ("digits", "mnist", "shakespeare", "mae-mnist")
 TWIN_NAMES = {"classifier": "vit", "causal": "gpt", "masked": "bert", "mae": "vit-mae"}
@@ -83,10 +93,6 @@ def _row(model, data, params, seed, score_key, score, wall, epochs, **extra):
 
 
 def _classifier_pair(data, spec, seed, out, log, epochs):
-    from minicrate.data import images as datasets
-    from minicrate.measure.comparison import layerwise_both
-    from minicrate.models.classifier import init_params, param_count
-    from minicrate.training.classifier import recipe, train
 
     crate, tc = recipe(spec["recipe"], seed=seed, **{**spec["train"], **({"epochs": epochs} if epochs else {})})
     split = datasets.load(tc.data, test_size=tc.test_size, seed=tc.split_seed)
@@ -104,17 +110,14 @@ def _classifier_pair(data, spec, seed, out, log, epochs):
 
 
 def _lm_pairs(data, spec, seed, out, log, steps):
-    from minicrate.data.text import fixed_windows, load_corpus
-    from minicrate.measure.comparison import layerwise_both
-    from minicrate.models import lm
-    from minicrate.training.lm import LMTrainConfig, train_lm
 
     corpus = load_corpus(val_plays=4, seed=0)
     results = []
-    for form, train in spec["train"].items():
+    for form, recipe_of_form in spec["train"].items():
         crate = lm.LMConfig(vocab_size=corpus.vocab.size, form=form, **spec["model"])
+        length = {"steps": steps} if steps else {}
         tc = LMTrainConfig(form=form, seed=seed, batch_size=32, weight_decay=0.1, clip=1.0, warmup_steps=50,
-                           eval_windows=128, eval_every=100, **{**train, **({"steps": steps} if steps else {})})
+                           eval_windows=128, eval_every=100, **{**recipe_of_form, **length})
         windows = fixed_windows(corpus.val, crate.context, 32)
         for name, config in (("crate", crate), (TWIN_NAMES[form], transformer_twin(crate, lm.param_count))):
             log(f"--- {data} ({form}) seed {seed}: {name} ({lm.param_count(config):,} parameters)")
@@ -133,9 +136,6 @@ def _lm_pairs(data, spec, seed, out, log, steps):
 
 
 def _mae_pair(data, spec, seed, out, log, epochs):
-    from minicrate.measure.comparison import layerwise_both
-    from minicrate.models.mae import init_mae_params, mae_param_count
-    from minicrate.training.mae import load_split, mae_recipe, train_mae
 
     crate, tc = mae_recipe(spec["recipe"], seed=seed, **{**spec["train"], **({"epochs": epochs} if epochs else {})})
     results = []
@@ -168,8 +168,6 @@ def compare(data, out_dir, *, seeds=(0,), length=None, log=print, threads=1):
     Returns:
         ``{"rows": [...], "curves": ..., "layerwise": ..., ...}``, as written to ``compare.json``.
     """
-    from minicrate.measure.comparison import format_markdown, plot_comparison
-    from minicrate.training.rundir import limit_threads
 
     if data not in RECIPES:
         raise ValueError(f"data must be one of {DATASETS}, got {data!r}")
