@@ -103,6 +103,7 @@ def main():
     job = json.loads(sys.stdin.read())
     pipe = os.fdopen(int(job["fd"]), "wb")
     _limit_memory(job.get("memory_mb"))
+    # Imported only now, under the memory limit, so the limit covers the whole child.
     from minicrate.grading.cases import make_cases
     from minicrate.grading.compare import format_exception
     from minicrate.grading.engine import run_cases

@@ -30,7 +30,7 @@ import os
 import signal
 import threading
 
-from minicrate.core.checkpoint import CheckpointError
+from minicrate.core.checkpoint import CheckpointError, read_header
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -86,9 +86,7 @@ RUN_KINDS = {
 def run_kind(run_or_file):
     """``"classifier"``, ``"language-model"`` or ``"mae"``: the kind of run a checkpoint
     (or run directory) holds, read from its header alone; ``None`` when it cannot tell."""
-    from minicrate.core import checkpoint as ckpt
-
-    header = ckpt.read_header(checkpoint_path(run_or_file))
+    header = read_header(checkpoint_path(run_or_file))
     extra = header.get("extra") if isinstance(header.get("extra"), dict) else {}
     if "lm_config" in extra:
         return "language-model"
