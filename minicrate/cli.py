@@ -23,7 +23,7 @@ import pkgutil
 import sys
 
 from minicrate import commands
-from minicrate.commands.arguments import UsageError, harden
+from minicrate.commands.arguments import UsageError
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback of an error")
-        harden(p)
         p.set_defaults(_run=module.run, _check=getattr(module, "check", None), _parser=p)
     return parser
 

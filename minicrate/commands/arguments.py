@@ -241,26 +241,6 @@ def add_resume_arguments(p):
                         "metrics, curves and vocabulary are replaced)")
 
 
-# A safety net for options declared with a bare ``type=int`` or ``type=float`` (a command that
-# does not use the types above yet): :func:`harden` gives them these by their destination.
-BY_DEST = {"seed": seed, "seeds": seed, "threads": threads, "workers": workers,
-           "length": integer(1, MAX_EPOCHS), "epochs": epochs, "steps": steps,
-           "batch_size": batch, "lr": learning_rate}
-
-
-def harden(parser):
-    """Replace the bare ``int``/``float`` types of ``parser``'s options with checked ones:
-    by destination where :data:`BY_DEST` names it, else any integer / any finite number; an
-    ``--out`` without a type is a run's directory (:func:`out_dir`)."""
-    for action in parser._actions:  # argparse has no public way to walk the options
-        if action.dest == "out" and action.type is None:
-            action.type = out_dir
-        elif action.type is int:
-            action.type = BY_DEST.get(action.dest, integer())
-        elif action.type is float:
-            action.type = BY_DEST.get(action.dest, real())
-
-
 def memory_bytes():
     """The machine's physical memory in bytes (``None`` where it cannot be read)."""
     try:

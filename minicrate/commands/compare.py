@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from minicrate.commands.arguments import MAX_STEPS, integer, out_dir, seed, threads
+
 NAME = "compare"
 HELP = ("train CRATE and a transformer of the same size (ViT, GPT, BERT, ViT-MAE) side by side; "
         "write compare.json, compare.md and compare.png")
@@ -12,11 +14,11 @@ def add_arguments(p):
 
     p.add_argument("--data", choices=DATASETS, required=True,
                    help="digits, mnist (classification), shakespeare (causal and masked LMs), mae-mnist")
-    p.add_argument("--out", required=True, help="directory for compare.json/.md/.png and the runs")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (each trains both models)")
-    p.add_argument("--length", type=int,
+    p.add_argument("--out", required=True, type=out_dir, help="directory for compare.json/.md/.png and the runs")
+    p.add_argument("--seeds", type=seed, nargs="+", default=[0], help="seeds (each trains both models)")
+    p.add_argument("--length", type=integer(1, MAX_STEPS),
                    help="epochs (steps for shakespeare) instead of the comparison's budget")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
+    p.add_argument("--threads", type=threads, default=1, help="BLAS threads (default 1)")
 
 
 def run(args):
