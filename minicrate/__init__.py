@@ -8,6 +8,11 @@ and computes in that backend.  Each block is a pure pair
 
 __version__ = "0.1.0"
 
+# First, before NumPy: a Ctrl-C while the command line is still importing is one line.
+from minicrate.core.startup import quiet_ctrl_c_while_starting
+
+quiet_ctrl_c_while_starting()
+
 from minicrate.core.backend import cupy_available, get_backend, to_numpy
 from minicrate.checks.gradcheck import check_vjp, numerical_vjp, rel_error
 from minicrate.objective.rates import (

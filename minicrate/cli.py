@@ -12,7 +12,8 @@ Every error is one line on stderr, without a traceback (``--debug`` shows it):
   kind (:mod:`minicrate.commands.arguments` checks them all) -- exit with status 2;
 * errors while running -- bad files, the disk, a run directory of the wrong kind --
   exit with status 1;
-* Ctrl-C outside a training loop exits with status 130.
+* Ctrl-C outside a training loop exits with status 130 (also while the library is still
+  being imported: :mod:`minicrate.core.startup`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 
 from minicrate import commands
 from minicrate.commands.arguments import UsageError
+from minicrate.core.startup import restore_ctrl_c
 
 
 class Parser(argparse.ArgumentParser):
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    parser = build_parser()  # imports every command: the last of starting up
+    restore_ctrl_c()  # from here on Ctrl-C is a KeyboardInterrupt, handled below
     args, unknown = parser.parse_known_args(argv)  # a usage error exits here: status 2, one line
     if not getattr(args, "_run", None):
         parser.print_help()

@@ -43,6 +43,12 @@ def test_train_evaluate_measure_attention(tmp_path, capsys):
 
     assert main(["attention", run, "--images", "2", "--out", str(tmp_path / "att.png")]) == 0
     assert open(tmp_path / "att.png", "rb").read(8) == PNG
+    for layer in ("2", "-3"):  # refused from the checkpoint's header, before any data is read
+        with pytest.raises(SystemExit) as info:
+            main(["attention", run, "--layer", layer, "--out", str(tmp_path / "no.png")])
+        assert info.value.code == 2
+        assert "expected an integer from -2 to 1 (the run has 2 layers" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "no.png")
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):

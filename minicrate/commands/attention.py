@@ -24,11 +24,25 @@ def add_arguments(p):
     p.add_argument("--backend", default="numpy")
 
 
+def check_layer(path, layer):
+    """Refuse ``--layer`` outside the run's depth before any data is loaded, reading the
+    depth from the checkpoint's header alone (a header without one is left to the loader)."""
+    from minicrate.core.checkpoint import read_header
+    from minicrate.training.rundir import checkpoint_path
+
+    depth = (read_header(checkpoint_path(path)).get("config") or {}).get("depth")
+    if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1 \
+            and not -depth <= layer < depth:
+        raise a.UsageError("--layer", layer, f"an integer from {-depth} to {depth - 1} (the run "
+                                            f"has {depth} layers, counted from 0)")
+
+
 def run(args):
     from minicrate.runs import attention_run
     from minicrate.training.rundir import require_kind
 
     require_kind(args.path, "classifier", NAME)
+    check_layer(args.path, args.layer)
     png = attention_run(
         args.path,
         n_images=args.images,
