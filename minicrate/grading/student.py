@@ -1,6 +1,8 @@
 """The student handout: the exercise notebooks with their solutions stripped.
 
-``python -m minicrate make-student SRC DEST`` calls :func:`make_student`.
+``python -m minicrate make-student SRC DEST`` calls :func:`make_student`; with
+``--format otter`` or ``--format nbgrader`` it writes the notebooks, solutions kept, in
+those autograders' formats instead (:mod:`minicrate.grading.autograders`).
 
 Every MyST notebook in ``SRC`` (``exercises/``) is read with jupytext and
 written to ``DEST`` twice, as MyST ``.md`` and as ``.ipynb``, with:
@@ -38,68 +40,25 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 
-BEGIN = "### BEGIN SOLUTION"
-END = "### END SOLUTION"
+from minicrate.grading.markers import BEGIN, END, regions, task_of_region
+
 MARKER_FILE = ".minicrate-student"
 ANSWER_PLACEHOLDER = "*Write your answer here.*"
-
-_TASK = re.compile(r"Task\s+(\d+\.\d+)")
-_DEF = re.compile(r"^(\s*)def\s+(\w+)\s*\(")
-
-
-def _regions(lines, where):
-    """Pairs (begin, end) of line indices of solution regions; checks the pairing."""
-    regions, open_at = [], None
-    for i, line in enumerate(lines):
-        text = line.strip()
-        if text == BEGIN:
-            if open_at is not None:
-                raise ValueError(
-                    f"{where}, line {i + 1}: '{BEGIN}' inside another solution region "
-                    f"(opened at line {open_at + 1})"
-                )
-            open_at = i
-        elif text == END:
-            if open_at is None:
-                raise ValueError(f"{where}, line {i + 1}: '{END}' without a '{BEGIN}' before it")
-            regions.append((open_at, i))
-            open_at = None
-        elif BEGIN in line or END in line:
-            raise ValueError(f"{where}, line {i + 1}: a solution marker must be alone on its line")
-    if open_at is not None:
-        raise ValueError(f"{where}, line {open_at + 1}: '{BEGIN}' is never closed by '{END}'")
-    return regions
 
 
 def strip_code(source: str, where: str = "cell") -> str:
     """Replace every solution region of a code cell by a ``NotImplementedError`` stub."""
     lines = source.split("\n")
-    regions = _regions(lines, where)
-    if not regions:
+    found = regions(lines, where)
+    if not found:
         return source
     out, last = [], 0
-    for begin, end in regions:
+    for begin, end in found:
         indent = lines[begin][: len(lines[begin]) - len(lines[begin].lstrip())]
-        task = name = None
-        for j in range(begin - 1, -1, -1):
-            if task is None:
-                found = _TASK.findall(lines[j])
-                if found:
-                    task = found[-1]
-            m = _DEF.match(lines[j])
-            if m and len(m.group(1)) < len(indent):
-                name = name or m.group(2)
-                if task is not None:
-                    break
-        if task is None:
-            raise ValueError(
-                f"{where}, line {begin + 1}: no 'Task X.Y' above this solution region; "
-                "name the task in the stub's docstring (e.g. 'Task 3.1: ...')"
-            )
+        task, name = task_of_region(lines, begin, where)
         label = f"Task {task}: {name}" if name else f"Task {task}"
         out += lines[last:begin]
         out += [
@@ -114,9 +73,8 @@ def strip_code(source: str, where: str = "cell") -> str:
 def strip_markdown(source: str, where: str = "cell") -> str:
     """Replace every solution region of a markdown cell (a written answer) by a placeholder."""
     lines = source.split("\n")
-    regions = _regions(lines, where)
     out, last = [], 0
-    for begin, end in regions:
+    for begin, end in regions(lines, where):
         out += lines[last:begin] + [ANSWER_PLACEHOLDER]
         last = end + 1
     out += lines[last:]
@@ -248,17 +206,47 @@ def check_destination(src: str, dest: str, force: bool = False) -> None:
                          "pass --force")
 
 
-def _write_bundle(folder, stripped):
+FORMATS = ("student", "otter", "nbgrader")
+
+
+def _convert(nb, stem, where, fmt, hidden_seed):
+    """The notebook ``nb`` (solutions in place) as ``fmt`` wants it."""
+    if fmt == "student":
+        return strip_notebook(nb, where)
+    from minicrate.grading import autograders
+
+    if fmt == "otter":
+        return autograders.otter_master(nb, stem, hidden_seed=hidden_seed)
+    return autograders.nbgrader_source(nb, stem)
+
+
+def _extra_files(fmt, stems):
+    """``{name: text}`` written beside the notebooks: the README (and otter's requirements)."""
+    listing = ", ".join(f"``{s}``" for s in stems)
+    if fmt == "student":
+        return {"README.md": STUDENT_README.format(listing=listing)}
+    from minicrate.grading import autograders
+
+    if fmt == "otter":
+        return {"README.md": autograders.OTTER_README.format(listing=listing, first=stems[0]),
+                "requirements.txt": autograders.OTTER_REQUIREMENTS}
+    return {"README.md": autograders.NBGRADER_README.format(listing=listing, first=stems[0])}
+
+
+def _write_bundle(folder, notebooks, fmt="student"):
     import jupytext  # optional (the dev extra)
 
     written = []
-    for stem, nb in stripped:
-        jupytext.write(nb, os.path.join(folder, stem + ".md"), fmt="md:myst")
+    for stem, nb in notebooks:
+        if fmt == "student":  # the MyST twin, for students who use jupytext
+            jupytext.write(nb, os.path.join(folder, stem + ".md"), fmt="md:myst")
+            written.append(stem + ".md")
         jupytext.write(nb, os.path.join(folder, stem + ".ipynb"), fmt="ipynb")
-        written += [stem + ".md", stem + ".ipynb"]
-    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as fh:
-        fh.write(STUDENT_README.format(listing=", ".join(f"``{s}``" for s, _ in stripped)))
-    written.append("README.md")
+        written.append(stem + ".ipynb")
+    for name, text in _extra_files(fmt, [s for s, _ in notebooks]).items():
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as fh:
+            fh.write(text)
+        written.append(name)
     lines = ["written by `python -m minicrate make-student`; safe to delete. Its files (sha256):"]
     lines += [f"{_sha256(os.path.join(folder, name))}  {name}" for name in written]
     with open(os.path.join(folder, MARKER_FILE), "w", encoding="utf-8") as fh:
@@ -281,14 +269,22 @@ def _replace(tmp, dest):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def make_student(src: str, dest: str, *, force: bool = False) -> list:
+def make_student(src: str, dest: str, *, force: bool = False, fmt: str = "student",
+                 hidden_seed=None) -> list:
     """Write the student bundle of every exercise notebook in ``src`` into ``dest``.
 
     Everything is checked before anything is written (see the module docstring);
     ``force`` replaces a ``dest`` that holds files make-student did not write.
-    Returns the list of notebook stems written.
+    ``fmt`` is ``"student"`` (the handout), ``"otter"`` (otter-grader master notebooks;
+    ``hidden_seed`` adds a hidden test per task) or ``"nbgrader"`` (nbgrader source
+    notebooks), see :mod:`minicrate.grading.autograders`.  Returns the notebook stems.
     """
     import jupytext  # optional (the dev extra)
+
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if hidden_seed is not None and fmt != "otter":
+        raise ValueError(f"hidden_seed is for the otter format only, got fmt={fmt!r}")
 
     src, dest = os.path.realpath(src), os.path.realpath(dest)
     if not os.path.isdir(src):
@@ -299,7 +295,8 @@ def make_student(src: str, dest: str, *, force: bool = False) -> list:
     stripped = []
     for name in names:  # strip everything before writing anything
         nb = jupytext.read(os.path.join(src, name), fmt="md:myst")
-        stripped.append((name[:-3], strip_notebook(nb, os.path.join(src, name))))
+        stripped.append((name[:-3], _convert(nb, name[:-3], os.path.join(src, name), fmt,
+                                             hidden_seed)))
     check_destination(src, dest, force)
     parent, base = os.path.split(dest)
     os.makedirs(parent, exist_ok=True)
@@ -308,7 +305,7 @@ def make_student(src: str, dest: str, *, force: bool = False) -> list:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # a folder like any other, not mkdtemp's 0700
-        _write_bundle(tmp, stripped)
+        _write_bundle(tmp, stripped, fmt)
         _replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
