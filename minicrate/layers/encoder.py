@@ -67,8 +67,10 @@ def encoder_layer_forward(Z, params, *, scale=None, tie_out=False, use_layernorm
 
     Returns:
         ``(Y, cache)``: Y = Z^{ℓ+1} of Z's shape; ``cache["mssa_input"]`` is
-        LN₁(Z) (the paper's R^c measurement point) and ``cache["mssa"]["A"]``
-        the attention.
+        LN₁(Z) (the paper's R^c measurement point), ``cache["mssa"]["A"]``
+        the attention, ``cache["input"]`` and ``cache["half"]`` the tokens Z^ℓ and
+        Z^{ℓ+1/2} = Z^ℓ + MSSA(LN₁(Z^ℓ)) on either side of the compression half, and
+        ``cache["ista"]["X"]`` the ISTA input LN₂(Z^{ℓ+1/2}) (references, no copies).
     """
     check_array(Z, "Z", min_ndim=2)
     check_positive(ln_eps, "ln_eps")  # checked even when unused: a bad value never goes unnoticed
@@ -88,7 +90,7 @@ def encoder_layer_forward(Z, params, *, scale=None, tie_out=False, use_layernorm
     X2, ln2 = _norm(Z_half, params, "ln2", use_layernorm, ln_eps)
     Y, ista = ista_forward(X2, params["D"], eta=eta, lam=lam)
     cache = {"ln1": ln1, "mssa": mssa, "ln2": ln2, "ista": ista, "mssa_input": X1, "ista_output": Y,
-             "keys": tuple(params), "params": params}
+             "input": Z, "half": Z_half, "keys": tuple(params), "params": params}
     return Y, cache
 
 
