@@ -15,6 +15,7 @@ Usage::
 
     .venv/bin/python benchmarks/whitebox_sweep.py --list
     .venv/bin/python benchmarks/whitebox_sweep.py mnist-L8 mnist-L8-paper   # one after another
+    .venv/bin/python benchmarks/whitebox_sweep.py --table   # the markdown table of benchmarks/README.md
 
 Run two processes at once on a 2-core machine (each uses one core).
 """
@@ -46,17 +47,14 @@ SETTINGS = {
     "mnist-L8": ("mnist", dict(depth=8), dict(epochs=15)),
     "mnist-L12": ("mnist", dict(depth=12), dict(epochs=15)),
     "mnist-L8-paper": ("mnist", dict(depth=8, **PAPER), dict(epochs=15)),
-    "mnist-L4-paper": ("mnist", dict(**PAPER), dict(epochs=15)),
     "mnist-L8-lam05": ("mnist", dict(depth=8, lam=0.5), dict(epochs=15)),
     "mnist-L8-paper-lam05": ("mnist", dict(depth=8, lam=0.5, **PAPER), dict(epochs=15)),
     "mnist-L8-p4": ("mnist", dict(depth=8, patch_size=4), dict(epochs=8)),
     "mnist-L8-cls": ("mnist", dict(depth=8, pool="cls"), dict(epochs=15)),
     "mnist-L8-K8": ("mnist", dict(depth=8, heads=8), dict(epochs=15)),
-    "mnist-L8-40ep": ("mnist", dict(depth=8), dict(epochs=40)),
     "mnist-L8-paper-cls": ("mnist", dict(depth=8, pool="cls", **PAPER), dict(epochs=15)),
     "mnist-L8-paper-p4": ("mnist", dict(depth=8, patch_size=4, **PAPER), dict(epochs=8)),
     "mnist-L8-tie": ("mnist", dict(depth=8, tie_out=True), dict(epochs=15)),
-    "mnist-L8-paper-40ep": ("mnist", dict(depth=8, **PAPER), dict(epochs=40)),
     "mnist-L12-paper": ("mnist", dict(depth=12, **PAPER), dict(epochs=15)),
     "mnist-L8-paper-lam1": ("mnist", dict(depth=8, lam=1.0, **PAPER), dict(epochs=15)),
     "mnist-L8-cls-lam05": ("mnist", dict(depth=8, pool="cls", lam=0.5), dict(epochs=15)),
@@ -69,8 +67,15 @@ SETTINGS = {
     "mnist-L8-cls-lam2": ("mnist", dict(depth=8, pool="cls", lam=2.0), dict(epochs=15)),
     "mnist-L8-paper-lam2-40ep": ("mnist", dict(depth=8, lam=2.0, **PAPER), dict(epochs=40)),
     "mnist-L8-tie-lam2": ("mnist", dict(depth=8, lam=2.0, tie_out=True), dict(epochs=15)),
-    "digits-L8-p2": ("digits", dict(depth=8, patch_size=2), dict(epochs=40)),
-    "digits-L8-p2-paper": ("digits", dict(depth=8, patch_size=2, **PAPER), dict(epochs=40)),
+    "mnist-L4-paper-lam2": ("mnist", dict(lam=2.0, **PAPER), dict(epochs=15)),
+    "mnist-L8-paper-lam3": ("mnist", dict(depth=8, lam=3.0, **PAPER), dict(epochs=15)),
+    "mnist-L8-paper-lam4": ("mnist", dict(depth=8, lam=4.0, **PAPER), dict(epochs=15)),
+    "mnist-L8-paper-cls-lam2": ("mnist", dict(depth=8, pool="cls", lam=2.0, **PAPER), dict(epochs=15)),
+    "mnist-L8-paper-cls-lam3": ("mnist", dict(depth=8, pool="cls", lam=3.0, **PAPER), dict(epochs=15)),
+    "mnist-L8-paper-lam2.5-40ep": ("mnist", dict(depth=8, lam=2.5, **PAPER), dict(epochs=40)),
+    "mnist-L6-paper-lam2-40ep": ("mnist", dict(depth=6, lam=2.0, **PAPER), dict(epochs=40)),
+    "mnist-L8-paper-lam2-d192": ("mnist", dict(depth=8, dim=192, lam=2.0, **PAPER), dict(epochs=15)),
+    "mnist-L8-paper-lam2-K8": ("mnist", dict(depth=8, heads=8, lam=2.0, **PAPER), dict(epochs=15)),
 }
 
 
@@ -104,11 +109,41 @@ def run(name, n_images=500):
           f"targets {row['targets']}", flush=True)
 
 
+def table(path=RESULTS):
+    """The markdown table of every try recorded in ``path`` (the last run of each name)."""
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            rows[row["name"]] = row
+    out = ["| try | model (over the preset) | epochs | test acc. | R^c layer 1 → L, trained (init) "
+           "| non-zero layer 1 → L, trained (init) | fall | below init | sparser |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows.values():
+        t, i, g = r["trained"], r["init"], r["targets"]
+        over = dict(r["model"])
+        paper = all(over.get(k) == v for k, v in PAPER.items())
+        for k in PAPER if paper else ():
+            del over[k]
+        model = ", ".join(["paper form"] * paper + [f"{k}={v}" for k, v in over.items()]) or "preset"
+        out.append(
+            f"| {r['name']} | {model} | {r['recipe'].get('epochs', '')} | {100 * r['test_accuracy']:.1f} % "
+            f"| {t['rc'][0]:.1f} → {t['rc'][-1]:.1f} ({i['rc'][0]:.1f} → {i['rc'][-1]:.1f}) "
+            f"| {t['nonzero'][0]:.3f} → {t['nonzero'][-1]:.3f} ({i['nonzero'][0]:.3f} → {i['nonzero'][-1]:.3f}) "
+            f"| {g['fall_pct']:.1f} % {'yes' if g['fall'] else 'no'} | {'yes' if g['below_init'] else 'no'} "
+            f"| {'yes' if g['sparser'] else 'no'} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--table", action="store_true", help="print the markdown table of the tries so far")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table())
+        return 0
     if args.list or not args.names:
         for name, setting in SETTINGS.items():
             print(name, setting)

@@ -69,7 +69,8 @@ def test_layer_steps_measure_each_half_against_the_layers_own_bases(form):
     images = np.random.default_rng(1).standard_normal((6, 1, 8, 8))
     steps = layer_steps(params, config, images, batch_size=4)  # two batches
     assert set(steps) >= {"rc_before", "rc_after", "lasso_before", "lasso_after", "mssa_lowers",
-                          "ista_lowers", "ista_input_rms", "ista_input_mean"}
+                          "ista_lowers", "ista_input_rms", "ista_input_mean", "nonzero_at_first_scale",
+                          "nonzero_at_previous_mean"}
     assert all(len(v) == 2 for v in steps.values())
     _, cache = mc.forward(params, images, config, fast=False)  # recomputed by hand, layer 2
     c = cache["layers"][1]
@@ -79,6 +80,10 @@ def test_layer_steps_measure_each_half_against_the_layers_own_bases(form):
     lasso = mc.lasso_objective(c["ista_output"], X, c["ista"]["D"], config.lam)
     np.testing.assert_allclose(steps["lasso_after"][1], lasso.mean(), rtol=1e-12)
     assert all(0 <= v <= 1 for v in steps["mssa_lowers"] + steps["ista_lowers"])
+    # Layer 1 is its own reference: neither counterfactual changes its input.
+    nonzero = mc.nonzero_fraction(cache["layers"][0]["ista_output"], reduction="none").mean()
+    for key in ("nonzero_at_first_scale", "nonzero_at_previous_mean"):
+        np.testing.assert_allclose(steps[key][0], nonzero, rtol=1e-12)
 
 
 def test_layer_steps_refuse_a_transformer():

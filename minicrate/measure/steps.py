@@ -26,9 +26,9 @@ import numpy as np
 
 from minicrate.core.backend import device_of, host_to, namespace, to_numpy
 from minicrate.core.validate import finite_checks
-from minicrate.layers.ista import lasso_objective
+from minicrate.layers.ista import ista_forward, lasso_objective
 from minicrate.models.classifier import encode
-from minicrate.objective.rates import measured_compression_rate
+from minicrate.objective.rates import measured_compression_rate, nonzero_fraction
 
 
 def _mean(values):
@@ -49,14 +49,18 @@ def layer_steps(params, config, images, *, batch_size=250, eps_sq=0.01):
         fraction of images for which the half lowered its quantity) and
         ``ista_input_rms`` and ``ista_input_mean``, the root-mean-square and the mean entry
         of the ISTA input X: the scale and the shift that the fixed threshold ηλ is compared
-        with (a larger scale or a positive shift, fewer zeros).
+        with (a larger scale or a positive shift, fewer zeros); ``nonzero_at_first_scale``:
+        the non-zero fraction of the same ISTA step applied to its input rescaled, image by
+        image, to the first layer's RMS (what the layer's sparsity would be had the tokens'
+        scale not changed since layer 1); ``nonzero_at_previous_mean``: the same with the
+        input shifted, image by image, to the previous layer's mean entry.
     """
     if config.block != "crate":
         raise ValueError(f"layer_steps needs a CRATE model (block='crate'), got block={config.block!r}")
     xp = namespace(params["head.W"])
     dtype, device = params["head.W"].dtype, device_of(params["head.W"])
     keys = ("rc_before", "rc_after", "lasso_before", "lasso_after", "ista_input_rms",
-            "ista_input_mean")
+            "ista_input_mean", "nonzero_at_first_scale", "nonzero_at_previous_mean")
     per = {k: [[] for _ in range(config.depth)] for k in keys}
     with finite_checks(False):
         for start in range(0, len(images), batch_size):
@@ -64,13 +68,27 @@ def layer_steps(params, config, images, *, batch_size=250, eps_sq=0.01):
             _, cache = encode(params, xb, config, fast=False)  # the plain layers keep Z^{ℓ+1/2}
             for layer, c in enumerate(cache["layers"]):
                 U, D, X = c["mssa"]["U"], c["ista"]["D"], c["ista"]["X"]
+                rms = xp.sqrt(xp.mean(xp.reshape(X * X, (X.shape[0], -1)), axis=1))
+                mean = xp.mean(xp.reshape(X, (X.shape[0], -1)), axis=1)
+                if layer == 0:
+                    rms_first, mean_before = rms, mean
+                # The same ISTA step on its input rescaled to the first layer's scale, and on
+                # its input shifted to the previous layer's mean: how sparse the layer would be
+                # had the tokens' scale, or their mean, not changed.
+                rescaled, _ = ista_forward(X * (rms_first / rms)[:, None, None], D, eta=config.eta,
+                                           lam=config.lam)
+                shifted, _ = ista_forward(X - (mean - mean_before)[:, None, None], D, eta=config.eta,
+                                          lam=config.lam)
+                mean_before = mean
                 for key, value in (
                     ("rc_before", measured_compression_rate(c["input"], U, eps_sq=eps_sq, reduction="none")),
                     ("rc_after", measured_compression_rate(c["half"], U, eps_sq=eps_sq, reduction="none")),
                     ("lasso_before", lasso_objective(X, X, D, config.lam)),
                     ("lasso_after", lasso_objective(c["ista_output"], X, D, config.lam)),
-                    ("ista_input_rms", xp.sqrt(xp.mean(xp.reshape(X * X, (X.shape[0], -1)), axis=1))),
-                    ("ista_input_mean", xp.mean(xp.reshape(X, (X.shape[0], -1)), axis=1)),
+                    ("ista_input_rms", rms),
+                    ("nonzero_at_first_scale", nonzero_fraction(rescaled, reduction="none")),
+                    ("ista_input_mean", mean),
+                    ("nonzero_at_previous_mean", nonzero_fraction(shifted, reduction="none")),
                 ):
                     per[key][layer].append(to_numpy(value).astype(np.float64))
     out = {k: _mean(per[k]) for k in keys}

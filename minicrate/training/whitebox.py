@@ -34,12 +34,16 @@ PAPER_FORM = dict(tie_out=True, attn_scale=1.0, use_layernorm=False)
 OFFICIAL_FORM = dict(tie_out=False, attn_scale=None, use_layernorm=True)
 
 # The setting the sweep found (benchmarks/README.md, "White-box study").
+# The paper form (tied output, temperature 1, no LayerNorm) with 8 layers and a sparsity
+# weight λ = 2 was the only family in which trained R^c fell with depth *and* stayed below
+# the initialisation's; λ = 2 keeps the untrained network from thresholding every token
+# away (λ >= 3 does), and 40 epochs bring the accuracy to the official form's.
 SETTING = {
     "data": "mnist",
     "form": "paper",
     "model": dict(depth=8, lam=2.0),
-    "recipe": dict(epochs=15),
-    "snapshots": (1, 2, 5, 10),
+    "recipe": dict(epochs=40),
+    "snapshots": (1, 2, 5, 10, 20),
 }
 
 
