@@ -86,10 +86,12 @@ def test_layer_steps_measure_each_half_against_the_layers_own_bases(form):
         np.testing.assert_allclose(steps[key][0], nonzero, rtol=1e-12)
 
 
-def test_layer_steps_refuse_a_transformer():
+def test_layer_steps_refuse_a_transformer_and_a_config_of_another_type():
     config = mc.preset("digits", depth=1, block="transformer")
     with pytest.raises(ValueError, match="needs a CRATE model"):
         layer_steps(mc.init_params(config, seed=0), config, np.zeros((1, 1, 8, 8), np.float32))
+    with pytest.raises(TypeError, match="config must be a CRATEConfig, got dict"):
+        layer_steps(mc.init_params(config, seed=0), {"depth": 1}, np.zeros((1, 1, 8, 8), np.float32))
 
 
 def test_the_command_writes_the_study_and_refuses_to_overwrite_it(tmp_path, capsys):

@@ -27,7 +27,7 @@ import numpy as np
 from minicrate.core.backend import device_of, host_to, namespace, to_numpy
 from minicrate.core.validate import finite_checks
 from minicrate.layers.ista import ista_forward, lasso_objective
-from minicrate.models.classifier import encode
+from minicrate.models.classifier import CRATEConfig, encode
 from minicrate.objective.rates import measured_compression_rate, nonzero_fraction
 
 
@@ -55,6 +55,8 @@ def layer_steps(params, config, images, *, batch_size=250, eps_sq=0.01):
         scale not changed since layer 1); ``nonzero_at_previous_mean``: the same with the
         input shifted, image by image, to the previous layer's mean entry.
     """
+    if not isinstance(config, CRATEConfig):
+        raise TypeError(f"config must be a CRATEConfig, got {type(config).__name__}")
     if config.block != "crate":
         raise ValueError(f"layer_steps needs a CRATE model (block='crate'), got block={config.block!r}")
     xp = namespace(params["head.W"])
