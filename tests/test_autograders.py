@@ -189,3 +189,21 @@ def test_nbgrader_generates_and_autogrades_with_its_default_settings(tmp_path):
     scores = {r.split(",")[header.index("student_id")]: float(r.split(",")[header.index("raw_score")])
               for r in rows[1:]}
     assert scores == {"alice": 2.0, "bob": 0.0}  # two tasks; the written answer is graded by hand
+
+
+@pytest.mark.parametrize("fmt", ["otter", "nbgrader"])
+def test_malformed_markers_are_refused_by_both_formats(fmt):
+    nb = _read("ch03_coding_rate")
+    cell = next(c for c in nb.cells if "def coding_rate(" in c.source)
+    cell.source = cell.source.replace("    ### BEGIN SOLUTION\n", "", 1)  # END without BEGIN
+    convert = autograders.otter_master if fmt == "otter" else autograders.nbgrader_source
+    with pytest.raises(ValueError, match="without a '### BEGIN SOLUTION' before it"):
+        convert(nb, "ch03_coding_rate")
+
+
+def test_a_written_answer_with_two_regions_is_refused_for_otter():
+    nb = _read("ch03_coding_rate")
+    cell = next(c for c in nb.cells if c.cell_type == "markdown" and "### BEGIN SOLUTION" in c.source)
+    cell.source += "\n### BEGIN SOLUTION\nmore\n### END SOLUTION"
+    with pytest.raises(ValueError, match="exactly one solution region, found 2"):
+        autograders.otter_master(nb, "ch03_coding_rate")

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 
-from minicrate.grading.markers import BEGIN, END, task_of_region
+from minicrate.grading.markers import BEGIN, END, regions, task_of_region
 
 _CHECK_CELL = re.compile(r"^print\((check\(\s*\"(\d+\.\d+)\".*\))\)\s*$", re.DOTALL)
 _QUESTION = re.compile(r"\*\*Question\s+(\d+\.\d+)\.?\*\*")
@@ -69,6 +69,7 @@ def otter_solution_code(source, where="cell"):
     """A stub cell's source in otter's spelling: each ``### BEGIN SOLUTION`` region preceded
     by the handout's stub as a prompt and fenced by ``# BEGIN SOLUTION NO PROMPT``."""
     lines = source.split("\n")
+    regions(lines, where)  # the markers pair up, each alone on its line
     out = []
     for i, line in enumerate(lines):
         text = line.strip()
@@ -86,12 +87,13 @@ def otter_solution_code(source, where="cell"):
 
 
 def _split_answer(source, where):
-    """``(prompt, solution, after)`` of a written-answer markdown cell."""
+    """``(prompt, solution, after)`` of a written-answer markdown cell (one solution region)."""
     lines = source.split("\n")
-    begin = next(i for i, s in enumerate(lines) if s.strip() == BEGIN)
-    end = next((i for i, s in enumerate(lines) if s.strip() == END), None)
-    if end is None or end < begin:
-        raise ValueError(f"{where}: '{BEGIN}' is never closed by '{END}'")
+    found = regions(lines, where)
+    if len(found) != 1:
+        raise ValueError(f"{where}: a written answer needs exactly one solution region, "
+                         f"found {len(found)}")
+    (begin, end), = found
     return ("\n".join(lines[:begin]).strip(), "\n".join(lines[begin + 1:end]).strip(),
             "\n".join(lines[end + 1:]).strip())
 
@@ -107,6 +109,7 @@ def otter_master(nb, name, *, hidden_seed=None):
     pending = None  # the stub cell waiting for its check cell
     for index, cell in enumerate(nb.cells):
         where = f"{name}, cell {index}"
+        regions(cell.source.split("\n"), where)  # well-formed markers in every cell
         found = check_call(cell.source) if cell.cell_type == "code" else None
         if cell.cell_type == "code" and BEGIN in cell.source:
             pending = cell
@@ -171,6 +174,7 @@ def nbgrader_source(nb, name):
     for index, cell in enumerate(nb.cells):
         cell = _clean_copy(cell)
         found = check_call(cell.source) if cell.cell_type == "code" else None
+        regions(cell.source.split("\n"), f"{name}, cell {index}")  # well-formed markers
         if BEGIN in cell.source and cell.cell_type == "code":
             cell = _nbgrader(cell, f"{name}-stub-{index}", solution=True, grade=False, locked=False)
         elif BEGIN in cell.source and cell.cell_type == "markdown":
