@@ -45,7 +45,8 @@ from minicrate.measure.layerwise import attention_maps, layerwise  # noqa: E402
 from minicrate.models.classifier import describe, forward, intermediates  # noqa: E402
 from minicrate.models.stack import layer_params  # noqa: E402
 from minicrate.objective.rates import measured_compression_rate  # noqa: E402
-from minicrate.training.classifier import evaluate, limit_threads, recipe, train  # noqa: E402
+from minicrate.training.classifier import evaluate, limit_threads, recipe  # noqa: E402
+from minicrate.training.whitebox import train_with_snapshots  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "..", "book", "data", "white_box_mnist.json")
@@ -159,10 +160,9 @@ def main(argv=None):
 
     results = [snapshot(init, 0)]
     with limit_threads(1), tempfile.TemporaryDirectory() as run_dir:
-        for i, epoch in enumerate(snapshots):
-            run = train(config, tc, run_dir, resume=i > 0, progress=False, log=lambda line: None,
-                        stop_after_steps=None if epoch == tc.epochs else epoch * steps_per_epoch)
-            results.append(snapshot(run["params"], epoch))
+        run, measured = train_with_snapshots(config, tc, run_dir, snapshots, steps_per_epoch, snapshot,
+                                             log=lambda line: None)
+    results += measured
     trained = run["params"]
 
     maps, predictions = attention_maps(trained, config, split.x_test[picks], layer=-1)

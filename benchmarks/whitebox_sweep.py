@@ -35,11 +35,11 @@ from minicrate.data.images import load  # noqa: E402
 from minicrate.measure.layerwise import layerwise_comparison  # noqa: E402
 from minicrate.models.classifier import init_params, preset  # noqa: E402
 from minicrate.training.classifier import evaluate, recipe, train  # noqa: E402
-from minicrate.training.whitebox import targets  # noqa: E402
+from minicrate.training.whitebox import PAPER_FORM, targets  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "whitebox-sweep.jsonl")
-PAPER = dict(tie_out=True, attn_scale=1.0, use_layernorm=False)
+PAPER = PAPER_FORM
 
 # name: (data, model overrides, recipe overrides)
 SETTINGS = {

@@ -34,9 +34,10 @@ locked test cell worth one point.
 
 from __future__ import annotations
 
+import copy
 import re
 
-from minicrate.grading.markers import BEGIN, END, regions, task_of_region
+from minicrate.grading.markers import BEGIN, END, regions, stub_line
 
 _CHECK_CELL = re.compile(r"^print\((check\(\s*\"(\d+\.\d+)\".*\))\)\s*$", re.DOTALL)
 _QUESTION = re.compile(r"\*\*Question\s+(\d+\.\d+)\.?\*\*")
@@ -75,9 +76,7 @@ def otter_solution_code(source, where="cell"):
         text = line.strip()
         indent = line[: len(line) - len(line.lstrip())]
         if text == BEGIN:
-            task, name = task_of_region(lines, i, where)
-            label = f"Task {task}: {name}" if name else f"Task {task}"
-            out += [f'{indent}""" # BEGIN PROMPT', f"{indent}raise NotImplementedError({label!r})",
+            out += [f'{indent}""" # BEGIN PROMPT', stub_line(lines, i, where),
                     f'{indent}""" # END PROMPT', f"{indent}# BEGIN SOLUTION NO PROMPT"]
         elif text == END:
             out.append(f"{indent}# END SOLUTION")
@@ -147,8 +146,6 @@ def otter_master(nb, name, *, hidden_seed=None):
 
 
 def _clean_copy(cell):
-    import copy
-
     cell = copy.deepcopy(cell)
     if cell.cell_type == "code":
         cell.outputs, cell.execution_count = [], None

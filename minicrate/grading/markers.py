@@ -63,3 +63,12 @@ def task_of_region(lines, begin, where):
             "name the task in the stub's docstring (e.g. 'Task 3.1: ...')"
         )
     return task, name
+
+
+def stub_line(lines, begin, where):
+    """The handout's replacement for the region opened at line ``begin``, at its indentation:
+    ``raise NotImplementedError('Task 3.1: coding_rate')`` (the otter prompt says the same)."""
+    indent = lines[begin][: len(lines[begin]) - len(lines[begin].lstrip())]
+    task, name = task_of_region(lines, begin, where)
+    label = f"Task {task}: {name}" if name else f"Task {task}"
+    return f"{indent}raise NotImplementedError({label!r})"

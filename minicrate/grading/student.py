@@ -43,7 +43,7 @@ import os
 import shutil
 import tempfile
 
-from minicrate.grading.markers import BEGIN, END, regions, task_of_region
+from minicrate.grading.markers import BEGIN, END, regions, stub_line, task_of_region
 
 MARKER_FILE = ".minicrate-student"
 ANSWER_PLACEHOLDER = "*Write your answer here.*"
@@ -58,13 +58,9 @@ def strip_code(source: str, where: str = "cell") -> str:
     out, last = [], 0
     for begin, end in found:
         indent = lines[begin][: len(lines[begin]) - len(lines[begin].lstrip())]
-        task, name = task_of_region(lines, begin, where)
-        label = f"Task {task}: {name}" if name else f"Task {task}"
+        task, _ = task_of_region(lines, begin, where)
         out += lines[last:begin]
-        out += [
-            f"{indent}# TODO: Implement for Task {task}.",
-            f"{indent}raise NotImplementedError({label!r})",
-        ]
+        out += [f"{indent}# TODO: Implement for Task {task}.", stub_line(lines, begin, where)]
         last = end + 1
     out += lines[last:]
     return "\n".join(out)

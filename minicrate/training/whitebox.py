@@ -77,16 +77,25 @@ def _measure(params, config, images):
     return {"rc": m["rc"], "rc_std": m["rc_std"], "nonzero": m["nonzero"], "nonzero_std": m["nonzero_std"]}
 
 
-def _train_with_snapshots(config, tc, run_dir, snapshots, steps_per_epoch, measure, *,
-                          overwrite, progress, log, threads):
-    """Train to the end, stopping (with a checkpoint) at each snapshot epoch to measure."""
+def train_with_snapshots(config, tc, run_dir, snapshots, steps_per_epoch, measure, *,
+                         overwrite=False, progress=False, log=print, threads=1):
+    """Train a classifier to the end of ``tc``, stopping at each epoch in ``snapshots``.
+
+    Each stop writes a checkpoint and the next call resumes from it bit for bit, so every
+    snapshot lies on the one schedule of ``tc.epochs`` epochs.  ``measure(params, epoch)``
+    returns a dict for each stop and for the end.
+
+    Returns:
+        ``(run, measured)``: the final :func:`~minicrate.training.classifier.train` result and
+        ``[{"epoch": e, **measure(params, e)}, ...]`` in epoch order, the last at ``tc.epochs``.
+    """
     epochs, run = [], None
     stops = sorted({e for e in snapshots if e < tc.epochs}) + [tc.epochs]
     for i, epoch in enumerate(stops):
         run = train(config, tc, run_dir, resume=i > 0, overwrite=overwrite and i == 0,
                     progress=progress, log=log, threads=threads,
                     stop_after_steps=None if epoch == tc.epochs else epoch * steps_per_epoch)
-        epochs.append({"epoch": epoch, **measure(run["params"])})
+        epochs.append({"epoch": epoch, **measure(run["params"], epoch)})
     return run, epochs
 
 
@@ -109,10 +118,10 @@ def study(out_dir, *, setting=None, n_images=500, overwrite=False, progress=Fals
         config = form_config(setting, form)
         init = init_params(config, seed=tc.seed)
         log(f"whitebox: training the {form} form ({config.depth} layers, {tc.epochs} epochs)")
-        run, epochs = _train_with_snapshots(
+        run, epochs = train_with_snapshots(
             config, tc, os.path.join(out_dir, form),
             setting["snapshots"] if form == setting["form"] else (), steps_per_epoch,
-            lambda params, c=config: _measure(params, c, images),
+            lambda params, _epoch, c=config: _measure(params, c, images),
             overwrite=overwrite, progress=progress, log=log, threads=threads)
         trained, at_init = epochs[-1], _measure(init, config, images)
         result["forms"][form] = {

@@ -137,6 +137,18 @@ def block_forward(Z, params, *, heads, causal=False, scale=None, ln_eps=1e-5):
     return Y, cache
 
 
+def _norm_linear_backward(xp, dH, W, Xh, inv, params, grads, ln, weight, bias):
+    """Backward of ``H = LN(X) Wᵀ (+ b)`` on flattened rows, with ``LN(X) = γ ⊙ X̂ + β`` never
+    formed (X̂ and the inverse deviations ``inv`` kept): fills ``grads[weight]``, ``grads[bias]``
+    (when ``bias`` names one) and the LayerNorm's ``{ln}_gamma``/``{ln}_beta``; returns X̄."""
+    gamma, beta = params[f"{ln}_gamma"], params[f"{ln}_beta"]
+    grads[weight] = xp.matrix_transpose(affine_t_matmul(xp, Xh, gamma, beta, dH))
+    if bias is not None:
+        grads[bias] = column_sums(xp, dH)
+    dX, grads[f"{ln}_gamma"], grads[f"{ln}_beta"] = layernorm_rows_backward(xp, dH @ W, Xh, inv, gamma)
+    return dX
+
+
 def block_backward(dY, cache):
     r"""Backward of :func:`block_forward` (the formulas of
     :func:`minicrate.layers.transformer.transformer_block_backward`, in the transposed
@@ -164,12 +176,8 @@ def block_backward(dY, cache):
     if has_b2:
         grads["b2"] = column_sums(xp, dY2)
     dA = gelu_backward(dY2 @ W2, Apre, cdf=cdf)
-    g2, be2 = params["ln2_gamma"], params["ln2_beta"]
-    grads["W1"] = xp.matrix_transpose(affine_t_matmul(xp, cache["Xh2"], g2, be2, dA))
-    if has_b1:
-        grads["b1"] = column_sums(xp, dA)
-    dZh, grads["ln2_gamma"], grads["ln2_beta"] = layernorm_rows_backward(xp, dA @ W1, cache["Xh2"],
-                                                                         cache["inv2"], g2)
+    dZh = _norm_linear_backward(xp, dA, W1, cache["Xh2"], cache["inv2"], params, grads,
+                                "ln2", "W1", "b1" if has_b1 else None)
     del dA
     dZh += dY2  # the MLP's residual
 
@@ -191,12 +199,8 @@ def block_backward(dY, cache):
     del dSt
     dqkv = xp.concat([heads_to_rows(g, Bf, N, K, p) for g in (dQ, dK, dV)], axis=-1)  # (Bf·N, 3Kp)
     del dQ, dK, dV
-    g1, be1 = params["ln1_gamma"], params["ln1_beta"]
-    grads["W_qkv"] = xp.matrix_transpose(affine_t_matmul(xp, cache["Xh1"], g1, be1, dqkv))
-    if has_b_qkv:
-        grads["b_qkv"] = column_sums(xp, dqkv)
-    dZ, grads["ln1_gamma"], grads["ln1_beta"] = layernorm_rows_backward(xp, dqkv @ W_qkv, cache["Xh1"],
-                                                                        cache["inv1"], g1)
+    dZ = _norm_linear_backward(xp, dqkv, W_qkv, cache["Xh1"], cache["inv1"], params, grads,
+                               "ln1", "W_qkv", "b_qkv" if has_b_qkv else None)
     dZ += dZh  # the attention's residual
     grads = {k: grads[k] if k in grads else xp.zeros_like(v) for k, v in params.items()}
     return xp.reshape(dZ, dY.shape), grads
