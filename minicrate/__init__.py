@@ -88,3 +88,18 @@ from minicrate.models.mae import (
 from minicrate.models.loss import masked_mse_backward, masked_mse_forward
 from minicrate.models.masking import random_masking
 from minicrate.training.mae import mae_recipe, train_mae
+from minicrate.ops.normalize import (
+    l2_normalize_backward,
+    l2_normalize_forward,
+    weight_norm_backward,
+    weight_norm_forward,
+)
+from minicrate.models.selfsup import SelfSupConfig, selfsup_backward, selfsup_forward
+from minicrate.models.selfsup_loss import (
+    dino_loss_backward,
+    dino_loss_forward,
+    simdino_loss_backward,
+    simdino_loss_forward,
+)
+from minicrate.measure.knn import collapse_report, knn_accuracy
+from minicrate.training.dino import SelfSupRecipe, selfsup_recipe, train_dino

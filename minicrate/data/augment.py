@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _check_images(x):
+def check_host_images(x):
     if not isinstance(x, np.ndarray) or x.ndim != 4:
         got = f"shape {x.shape}" if hasattr(x, "shape") else type(x).__name__
         raise ValueError(f"images must be a NumPy array of shape (B, C, H, W), got {got}")
@@ -33,7 +33,7 @@ def shift(x, dy, dx, *, fill=0.0):
     Returns:
         a new array of ``x``'s shape and dtype.
     """
-    _check_images(x)
+    check_host_images(x)
     B, C, H, W = x.shape
     dy = np.asarray(dy, dtype=np.int64).reshape(B)
     dx = np.asarray(dx, dtype=np.int64).reshape(B)
@@ -56,7 +56,7 @@ def random_shift(x, max_shift, rng, *, fill=0.0):
     Equivalent to torchvision's ``RandomCrop(H, padding=max_shift)`` with a
     constant fill.  ``max_shift = 0`` returns a copy.
     """
-    _check_images(x)
+    check_host_images(x)
     if int(max_shift) != max_shift or max_shift < 0:
         raise ValueError(f"max_shift must be a non-negative integer, got {max_shift}")
     if not isinstance(rng, np.random.Generator):

@@ -144,15 +144,23 @@ def _layer_shapes(config):
     return shapes
 
 
-def param_shapes(config: CRATEConfig) -> dict:
-    """The shape of every parameter :func:`init_params` makes, by key."""
+def encoder_param_shapes(config: CRATEConfig) -> dict:
+    """The shapes :func:`encode` reads: embedding, class token, positions and layers
+    (no head; a self-supervised model puts its own head on them)."""
     _check_config(config)
-    d, P, C = config.dim, config.patch_dim, config.num_classes
+    d, P = config.dim, config.patch_dim
     shapes = {"embed.ln_in_gamma": (P,), "embed.ln_in_beta": (P,), "embed.W": (d, P),
               "embed.b": (d,), "embed.ln_out_gamma": (d,), "embed.ln_out_beta": (d,),
               "cls_token": (d,), "pos_embedding": (config.num_patches + 1, d)}
     for i in range(config.depth):
         shapes.update({f"layers.{i}.{k}": v for k, v in _layer_shapes(config).items()})
+    return shapes
+
+
+def param_shapes(config: CRATEConfig) -> dict:
+    """The shape of every parameter :func:`init_params` makes, by key."""
+    shapes = encoder_param_shapes(config)
+    d, C = config.dim, config.num_classes
     shapes.update({"head.ln_gamma": (d,), "head.ln_beta": (d,), "head.W": (C, d), "head.b": (C,)})
     return shapes
 
@@ -239,7 +247,8 @@ def encode(params, images, config: CRATEConfig, *, causal=False, fast=True):
             f"images must have shape (B, {config.channels}, {config.image_size}, {config.image_size}) "
             f"for this config, got {tuple(images.shape)}"
         )
-    check_params(params, config, like=images)  # shapes, and one backend/dtype/device for all
+    # shapes, and one backend/dtype/device for all (the head is forward's to check)
+    check_params_shapes(params, encoder_param_shapes(config), images=images)
     tokens, embed_cache = patch_embed_forward(patchify(images, config.patch_size), group(params, "embed."),
                                               ln_eps=config.ln_eps)
     Z, pos_cache = add_cls_pos_forward(tokens, params["cls_token"], params["pos_embedding"])
@@ -261,8 +270,8 @@ def forward(params, images, config: CRATEConfig, *, fast=True):
         ``(logits, cache)``: logits ``(B, num_classes)``.
     """
     Z, cache = encode(params, images, config, fast=fast)
-    xp = namespace(images, params["head.W"])
-    pooled = Z[:, 0, :] if config.pool == "cls" else xp.mean(Z, axis=1)
+    check_params(params, config, like=images)  # encode checked all but the head
+    pooled = pool_tokens(Z, config.pool)
     normed, ln_cache = layernorm_forward(pooled, params["head.ln_gamma"], params["head.ln_beta"],
                                          eps=config.ln_eps)
     logits, lin_cache = linear_forward(normed, params["head.W"], params["head.b"])
@@ -284,20 +293,29 @@ def backward(dlogits, cache):
     check_cache(cache, "forward", keys=("head_lin", "head_ln", "pool", "Z_shape", "layers"))
     X, W, _ = cache["head_lin"]
     check_cotangent(dlogits, (X.shape[0], W.shape[0]), W, name="dlogits")
-    xp = namespace(dlogits)
     grads = {}
     dnormed, g = linear_backward(dlogits, cache["head_lin"])
     grads["head.W"], grads["head.b"] = g["W"], g["b"]
     dpooled, g = layernorm_backward(dnormed, cache["head_ln"])
     grads["head.ln_gamma"], grads["head.ln_beta"] = g["gamma"], g["beta"]
-    B, N, d = cache["Z_shape"]
-    if cache["pool"] == "cls":
-        rest = xp.zeros((B, N - 1, d), dtype=dlogits.dtype, device=device_of(dlogits))
-        dZ = xp.concat([xp.reshape(dpooled, (B, 1, d)), rest], axis=1)
-    else:
-        dZ = xp.broadcast_to(xp.reshape(dpooled / N, (B, 1, d)), (B, N, d))
-    encode_backward(dZ, cache, grads)
+    encode_backward(pool_tokens_backward(dpooled, cache["pool"], cache["Z_shape"]), cache, grads)
     return grads
+
+
+def pool_tokens(Z, pool):
+    """``(B, N, d)`` -> ``(B, d)``: the class token (``"cls"``) or the mean of all tokens."""
+    return Z[:, 0, :] if pool == "cls" else namespace(Z).mean(Z, axis=1)
+
+
+def pool_tokens_backward(dpooled, pool, Z_shape):
+    """Backward of :func:`pool_tokens`: only the class token, or every token equally
+    (1/N each), receives the gradient."""
+    xp = namespace(dpooled)
+    B, N, d = Z_shape
+    if pool == "cls":
+        rest = xp.zeros((B, N - 1, d), dtype=dpooled.dtype, device=device_of(dpooled))
+        return xp.concat([xp.reshape(dpooled, (B, 1, d)), rest], axis=1)
+    return xp.broadcast_to(xp.reshape(dpooled / N, (B, 1, d)), (B, N, d))
 
 
 def encode_backward(dZ, cache, grads):

@@ -9,6 +9,7 @@
         stop if loss or ‖g‖ is not finite (the last good checkpoint stays)
         g       = clip_by_global_norm(g)             (optional)
         params  = optimizer.step(params, g, lr)
+        task.after_step(params, s)                   (optional: the self-supervised teacher's EMA)
         every task.eval_every steps, at the end, and at the time limit:
             history entry (task.evaluate), log line, checkpoint.npz, metrics.json
 
@@ -44,7 +45,10 @@ A *task* supplies what differs between models (see ``minicrate.training.classifi
   ``checkpoint_extra(step)``; ``finish(params, log)`` (after a completed run) and
   ``result(params, history, step, metrics, status)`` (the returned dict);
   optionally ``run_files()`` -> ``{name: text}``, more files for the run directory
-  (the language model's ``vocab.json``), written once every check has passed.
+  (the language model's ``vocab.json``), written once every check has passed, and
+  ``after_step(params, step)``, called after each update with the updated parameters
+  (the self-supervised task moves its teacher there; state it keeps must go into its
+  checkpoint for ``resume`` to stay bit for bit).
 """
 
 from __future__ import annotations
@@ -207,6 +211,7 @@ def _steps(run, signals, stop_after_steps, make_bar):
     warmup = capped_warmup(task.warmup_steps, total)
     time_limit = getattr(tc, "time_limit_s", None)
     status, message, lr, bar = "completed", None, tc.lr, None
+    after_step = getattr(task, "after_step", None)
     period_start = time.perf_counter()
     while run.step < total:
         if bar is None:
@@ -226,6 +231,8 @@ def _steps(run, signals, stop_after_steps, make_bar):
         if not math.isfinite(gnorm):
             run.diverged(f"gradient norm is {gnorm} at {task.where(run.step)}", bar)
         run.optimizer.step(run.params, grads, lr=lr)
+        if after_step is not None:
+            after_step(run.params, run.step)
         task.accumulate(run.running, loss, batch, aux)
         run.step += 1
         bar.update(1)

@@ -41,7 +41,8 @@ CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.json"
 CURVES = "curves.png"
 VOCAB = "vocab.json"
-RUN_FILES = (CHECKPOINT, METRICS, CURVES, VOCAB)  # what a training run writes
+SELFSUP_FIGURE = "selfsup.png"  # a self-supervised run's attention, embedding and spectrum
+RUN_FILES = (CHECKPOINT, METRICS, CURVES, VOCAB, SELFSUP_FIGURE)  # what a training run writes
 
 
 class TrainingDiverged(RuntimeError):
