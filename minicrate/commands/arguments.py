@@ -231,6 +231,22 @@ def add_optimisation_arguments(p, *, seeds):
     g.add_argument("--seed", type=seed, help=f"seed of {seeds}")
 
 
+def optimisation_overrides(args, train_config):
+    """The recipe fields the options of :func:`add_optimisation_arguments` set, as a dict for
+    ``dataclasses.replace(train_config, ...)``: ``--clip 0`` is no clipping, a short ``--epochs``
+    keeps the recipe's warm-up only while it fits (at most half the run), and the backend and
+    ``--checkpoint-every`` always come along."""
+    over = {k: getattr(args, k) for k in ("optimizer", "lr", "weight_decay", "epochs", "batch_size",
+                                           "warmup_epochs", "clip", "shift", "seed")
+            if getattr(args, k, None) is not None}
+    if over.get("clip") == 0:
+        over["clip"] = None
+    if "epochs" in over and "warmup_epochs" not in over:
+        over["warmup_epochs"] = min(train_config.warmup_epochs, over["epochs"] / 2)
+    over.update(backend=args.backend, checkpoint_every=args.checkpoint_every)
+    return over
+
+
 def add_resume_arguments(p):
     """``--resume`` and ``--overwrite``, which exclude each other: what to do with an ``--out``
     that already holds a run (without either, such a directory is refused)."""

@@ -54,14 +54,7 @@ def configs_from_args(args):
                if getattr(args, k, None) is not None}
     if bb_over:
         config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, **bb_over))
-    train_over = {k: getattr(args, k) for k in ("optimizer", "lr", "weight_decay", "epochs", "batch_size",
-                                                 "warmup_epochs", "clip", "shift", "seed")
-                  if getattr(args, k, None) is not None}
-    if train_over.get("clip") == 0:
-        train_over["clip"] = None
-    if "epochs" in train_over and "warmup_epochs" not in train_over:
-        train_over["warmup_epochs"] = min(tc.warmup_epochs, train_over["epochs"] / 2)
-    train_over.update(backend=args.backend, checkpoint_every=args.checkpoint_every)
+    train_over = a.optimisation_overrides(args, tc)
     recipe_over = {k: getattr(args, k) for k in ("momentum", "gamma", "supervised_epochs")
                    if getattr(args, k, None) is not None}
     if getattr(args, "n_local", None) is not None:

@@ -54,15 +54,7 @@ def configs_from_args(args):
     model_over = {k: getattr(args, k) for k in model_fields if getattr(args, k, None) is not None}
     if model_over:
         model_config = dataclasses.replace(model_config, **model_over)
-    train_over = {k: getattr(args, k) for k in ("optimizer", "lr", "weight_decay", "epochs", "batch_size",
-                                                 "warmup_epochs", "clip", "shift", "seed")
-                  if getattr(args, k, None) is not None}
-    if train_over.get("clip") == 0:
-        train_over["clip"] = None
-    if "epochs" in train_over and "warmup_epochs" not in train_over:
-        # a short run keeps the recipe's warm-up only while it fits (at most half the run)
-        train_over["warmup_epochs"] = min(train_config.warmup_epochs, train_over["epochs"] / 2)
-    train_over.update(backend=args.backend, checkpoint_every=args.checkpoint_every)
+    train_over = a.optimisation_overrides(args, train_config)
     return model_config, dataclasses.replace(train_config, **train_over)
 
 
