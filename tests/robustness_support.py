@@ -262,6 +262,21 @@ def _config_case(name, fn, config):
     )
 
 
+def ista_margin(layer_caches, config):
+    """Smallest |pre-activation| of every ISTA ReLU over ``layer_caches`` (a model cache's
+    list of per-layer caches, each with ``["ista"]["X"]`` and ``["ista"]["D"]``; ``config``
+    gives η and λ): finite differences need it well above their step h.
+
+    Shared by the FD tests of tests/test_mae.py and tests/test_selfsup.py.
+    """
+    out = []
+    for c in layer_caches:
+        X, D = mc.to_numpy(c["ista"]["X"]), mc.to_numpy(c["ista"]["D"])
+        P = X + config.eta * ((X - X @ D.T) @ D) - config.eta * config.lam
+        out.append(np.abs(P).min())
+    return min(out)
+
+
 # ----------------------------------------------------------------------------
 # minicrate.models.lm (reached as mc.lm.<name>) and minicrate.models.mae
 

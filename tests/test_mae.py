@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from robustness_support import ista_margin
 
 import minicrate as mc
 from minicrate.checks.strategies import normal
@@ -23,16 +24,6 @@ SUBSET = ("embed.W", "mask_token", "cls_token", "layers.0.D", "layers.1.U", "enc
           "decoder.0.E", "decoder.1.W_out", "pred.W")
 
 
-def _ista_margin(cache, config):
-    """Smallest |pre-activation| of every ISTA ReLU: FD needs it well above h."""
-    out = []
-    for c in cache["layers"]:
-        X, D = mc.to_numpy(c["ista"]["X"]), mc.to_numpy(c["ista"]["D"])
-        P = X + config.eta * ((X - X @ D.T) @ D) - config.eta * config.lam
-        out.append(np.abs(P).min())
-    return min(out)
-
-
 def _tiny_problem(xp, config, B=2):
     """Parameters, images and masks with every ISTA pre-activation >= 0.01 from
     its kink: the first seed that gives such a margin (deterministic)."""
@@ -43,7 +34,7 @@ def _tiny_problem(xp, config, B=2):
         images = normal(xp, (B, config.channels, config.image_size, config.image_size), seed + 2)
         mask = masking.random_masking(np.arange(B), config.num_patches, config.mask_ratio, seed=seed)
         _, cache = mae.mae_forward(params, images, mask, config)
-        if _ista_margin(cache, config) > 0.01:
+        if ista_margin(cache["layers"], config) > 0.01:
             return params, images, mask
     raise AssertionError("no seed gave an ISTA margin > 0.01")
 

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from minicrate.core import checkpoint as ckpt
+from minicrate.core.backend import host_to, to_numpy
 from minicrate.data.images import load
 from minicrate.measure.layerwise import (
     attention_maps,
+    class_token_maps,
     format_table,
     layerwise,
     layerwise_comparison,
@@ -103,6 +105,21 @@ def test_attention_maps_and_figure(tiny_run, digits):
     assert open(png, "rb").read(8) == PNG
     with pytest.raises(ValueError, match="layer must be in"):
         attention_maps(moved, TINY, digits.x_test[:1], layer=3)
+
+
+def test_class_token_maps_is_the_class_rows_on_the_patch_grid(xp):
+    """(n, K, N, N) attention, class token first -> (n, K, g, g): row 0 without its first
+    entry, in row-major patch order, on the array's own backend."""
+    n, K, g = 2, 3, 2  # TINY: 8 / 4 = 2 patches a side, N = 1 + 4
+    A = np.random.default_rng(0).random((n, K, 1 + g * g, 1 + g * g))
+    maps = class_token_maps(host_to(xp, A, "float64"), TINY)
+    assert maps.shape == (n, K, g, g)
+    got = to_numpy(maps)
+    for i in range(n):
+        for k in range(K):
+            for r in range(g):
+                for c in range(g):
+                    assert got[i, k, r, c] == A[i, k, 0, 1 + r * g + c]
 
 
 def test_measure_refuses_bad_inputs(tiny_run, tmp_path):

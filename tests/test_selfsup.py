@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from robustness_support import ista_margin
 
 import minicrate as mc
 from minicrate.checks.strategies import normal
@@ -118,15 +119,6 @@ def test_simdino_gamma_is_the_released_balance():
 
 
 # -- the model ---------------------------------------------------------------------------
-def _ista_margin(cache, config):
-    out = []
-    for c in cache["features"]["layers"]:
-        X, D = mc.to_numpy(c["ista"]["X"]), mc.to_numpy(c["ista"]["D"])
-        P = X + config.eta * ((X - X @ D.T) @ D) - config.eta * config.lam
-        out.append(np.abs(P).min())
-    return min(out)
-
-
 def _model(xp, method, block="crate"):
     config = selfsup.SelfSupConfig(backbone=dataclasses.replace(BACKBONE, block=block), method=method,
                                    hidden_dim=6, bottleneck_dim=5, out_dim=7)
@@ -136,7 +128,7 @@ def _model(xp, method, block="crate"):
         params.update({k: v * 30 for k, v in params.items() if k.startswith("proj.W") or k == "proj.V"})
         images = normal(xp, (3, 1, 4, 4), seed + 1)
         out, cache = selfsup.selfsup_forward(params, images, config, fast=False)
-        if block == "transformer" or _ista_margin(cache, BACKBONE) > 0.01:
+        if block == "transformer" or ista_margin(cache["features"]["layers"], BACKBONE) > 0.01:
             return config, params, images, out, cache
     raise AssertionError("no seed gave an ISTA margin > 0.01")
 

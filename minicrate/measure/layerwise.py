@@ -135,6 +135,24 @@ def format_table(result):
     return "\n".join(lines)
 
 
+def class_token_maps(A, config):
+    """The class token's attention to the patch tokens, laid out on the patch grid.
+
+    Args:
+        A: ``(n, K, N, N)`` attention (any backend), N = 1 + g² tokens with the
+            class token first: ``A[i, k, 0, 1:]`` is head k's attention of image
+            i's class token to its patches.
+        config: gives the grid: g = ``config.image_size // config.patch_size``.
+    Returns:
+        ``(n, K, g, g)`` on A's backend: entry ``[i, k, r, c]`` is the class
+        token's attention to the patch in grid row r, column c (row-major patch
+        order; the class token's own share is left out).
+    """
+    xp = namespace(A)
+    g = config.image_size // config.patch_size
+    return xp.reshape(A[:, :, 0, 1:], (A.shape[0], A.shape[1], g, g))
+
+
 def attention_maps(params, config, images, *, layer=-1):
     """The class token's attention over the patches, per head, as image grids.
 
@@ -152,6 +170,4 @@ def attention_maps(params, config, images, *, layer=-1):
     if not -config.depth <= layer < config.depth:
         raise ValueError(f"layer must be in [-{config.depth}, {config.depth}), got {layer}")
     A = to_numpy(intermediates(cache)["attention"][layer])  # (n, K, N, N)
-    g = config.image_size // config.patch_size
-    maps = A[:, :, 0, 1:].reshape(A.shape[0], A.shape[1], g, g)
-    return maps, to_numpy(xp.argmax(logits, axis=-1))
+    return class_token_maps(A, config), to_numpy(xp.argmax(logits, axis=-1))

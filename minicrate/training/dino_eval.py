@@ -24,6 +24,7 @@ import numpy as np
 
 from minicrate.core.backend import device_of, host_to, namespace, to_numpy
 from minicrate.measure.knn import collapse_report, knn_accuracy
+from minicrate.measure.layerwise import class_token_maps
 from minicrate.measure.probe import linear_probe
 from minicrate.models.classifier import encode, intermediates
 from minicrate.models.selfsup import init_selfsup_params
@@ -52,9 +53,7 @@ def attention_of(params, config, images, *, layer=-1):
     ref = params["head.ln_gamma"]
     x = host_to(namespace(ref), images, ref.dtype, device_of(ref))
     _, cache = encode(params, x, config, fast=False)
-    A = to_numpy(intermediates(cache)["attention"][layer])
-    g = config.image_size // config.patch_size
-    return A[:, :, 0, 1:].reshape(A.shape[0], A.shape[1], g, g)
+    return class_token_maps(to_numpy(intermediates(cache)["attention"][layer]), config)
 
 
 def embed_2d(features, seed=0):
