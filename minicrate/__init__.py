@@ -54,6 +54,7 @@ from minicrate.models.classifier import (
     load,
     loss_and_grads,
     param_count,
+    predict,
     preset,
     save,
 )

@@ -45,8 +45,9 @@ def run_all(out):
     found["classifier"] = train(cfg, tc, out / "c", progress=False, log=quiet, stop_after_steps=5)["params"]
     cfg = mae_preset("digits", dim=16, depth=1, heads=2)
     tc = TrainConfig(data="digits", epochs=1, batch_size=256, lr=2e-3, warmup_epochs=0.5, shift=1, seed=2)
+    # one chunk, as the reference ran (train_mae now splits batches over the cores by default)
     found["mae"] = train_mae(cfg, tc, out / "m", progress=False, probe=False, stop_after_steps=4,
-                             log=quiet)["params"]
+                             log=quiet, workers=1)["params"]
     corpus = load_corpus(plays=LM_PLAYS, val_plays=1)
     for key, (form, workers) in LM_RUNS.items():
         cfg = LMConfig(vocab_size=corpus.vocab.size, form=form, context=16, dim=8, depth=1, heads=2)

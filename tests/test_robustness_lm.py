@@ -177,6 +177,10 @@ def _lm_cases():
             {"tokens": TOKENS, "config": Num("config"), **_lm_param_specs(LM_TINY)},
         )
     )
+    cases.append(  # the inference path
+        Case("lm.predict", fwd_build, lambda kw: [lm.predict(kw["params"], kw["tokens"], kw["config"])],
+             {"tokens": TOKENS, "config": Num("config"), **_lm_param_specs(LM_TINY)})
+    )
     cases.append(
         Case(
             "lm.forward[masked, untied head, plain layers]",

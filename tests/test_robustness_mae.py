@@ -126,6 +126,9 @@ def _mae_cases():
     cases.append(
         Case("mae_forward", model_build, lambda kw: [mae.mae_forward(*args(kw))[0]], model_specs())
     )
+    cases.append(  # the inference path (fused layers, no cache)
+        Case("mae_predict", model_build, lambda kw: [mae.mae_predict(*args(kw))], model_specs())
+    )
     cases.append(
         Case(
             "mae_forward[tied, fused layers]",

@@ -168,6 +168,9 @@ def _model_cases():
             specs,
         )
     )
+    cases.append(  # the inference path: the same checks, no cache kept
+        Case("predict", fwd_build, lambda kw: [mc.predict(kw["params"], kw["images"], kw["config"])], specs)
+    )
     cases.append(
         _backward_case(
             "backward",

@@ -36,6 +36,8 @@ def add_arguments(p):
                    help="also checkpoint every this many steps (default: every epoch only)")
     p.add_argument("--no-probe", action="store_true", help="skip the final linear probe")
     p.add_argument("--threads", type=a.threads, default=1, help="BLAS threads for NumPy (0: library default)")
+    p.add_argument("--workers", type=a.workers, default=0,
+                   help="split each batch over this many worker processes (NumPy; 0: one per core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -83,7 +85,7 @@ def run(args):
         with limit_threads(args.threads):
             result = train_mae(model_config, train_config, out, resume=args.resume, overwrite=args.overwrite,
                                progress=not args.no_progress,
-                               handle_signals=True, probe=not args.no_probe,
+                               handle_signals=True, probe=not args.no_probe, workers=args.workers,
                                log=lambda line: print(line, flush=True))
     except TrainingInterrupted as err:
         print(f"minicrate train-mae: {err}", flush=True)

@@ -14,7 +14,7 @@ from minicrate.core.backend import device_of, namespace, to_numpy
 from minicrate.core.validate import check_array, check_config, check_int, check_params_shapes, check_positive, describe
 from minicrate.models.embedding import patchify
 from minicrate.models.loss import masked_mse_forward
-from minicrate.models.mae import MAEConfig, mae_encode, mae_forward, mae_param_shapes
+from minicrate.models.mae import MAEConfig, mae_encode, mae_param_shapes, mae_predict
 from minicrate.models.masking import host_ints, no_masking, random_masking
 
 
@@ -45,9 +45,13 @@ def _eval_keys(keys, n):
     return keys
 
 
-def evaluate_masked_mse(params, config: MAEConfig, images, *, seed=0, batch_size=500, keys=None):
+def evaluate_masked_mse(params, config: MAEConfig, images, *, seed=0, batch_size=500, keys=None, predict=None):
     """Masked-patch MSE on host images with the fixed evaluation masks
-    (keys = image index unless given); exact average over all masked patches."""
+    (keys = image index unless given); exact average over all masked patches.
+
+    ``predict(params, images, mask, config) -> pred`` is the forward to use: by default
+    :func:`minicrate.models.mae.mae_predict` (the inference path, fused, no cache); a
+    training run passes the same with each batch split over the cores."""
     import numpy as np
 
     from minicrate.core.validate import finite_checks
@@ -65,8 +69,8 @@ def evaluate_masked_mse(params, config: MAEConfig, images, *, seed=0, batch_size
         for sl in _batched(len(images), batch_size):
             mask = random_masking(keys[sl], config.num_patches, config.mask_ratio, seed=seed)
             xb = xp.asarray(np.ascontiguousarray(images[sl]), dtype=dtype, device=device_of(params["embed.W"]))
-            pred, cache = mae_forward(params, xb, mask, config, fast=True)
-            loss, _ = masked_mse_forward(pred, cache["patches"], mask)
+            pred = (predict or mae_predict)(params, xb, mask, config)
+            loss, _ = masked_mse_forward(pred, patchify(xb, config.patch_size), mask)
             total += float(loss) * int(mask.sum())
             count += int(mask.sum())
     return total / count
@@ -117,7 +121,8 @@ def encoder_features(params, config: MAEConfig, images, *, pool="mean", batch_si
     with finite_checks(False):
         for sl in _batched(len(images), batch_size):
             xb = xp.asarray(np.ascontiguousarray(images[sl]), dtype=dtype, device=device_of(params["embed.W"]))
-            Z, _ = mae_encode(params, xb, no_masking(xb.shape[0], config.num_patches), config, fast=True)
+            Z, _ = mae_encode(params, xb, no_masking(xb.shape[0], config.num_patches), config, fast=True,
+                              keep_cache=False)
             Z = to_numpy(Z).astype(np.float64)
             mean, cls = Z[:, 1:, :].mean(axis=1), Z[:, 0, :]
             out.append({"mean": mean, "cls": cls, "both": np.concatenate([mean, cls], axis=1)}[pool])

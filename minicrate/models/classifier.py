@@ -232,12 +232,12 @@ def init_params(config: CRATEConfig, seed: int = 0, backend: str = "numpy", dtyp
     return params
 
 
-def encode(params, images, config: CRATEConfig, *, causal=False, fast=True):
+def encode(params, images, config: CRATEConfig, *, causal=False, fast=True, keep_cache=True):
     """Images -> the last layer's tokens Z^L ``(B, Np+1, d)`` and a cache.
 
     ``fast=True`` runs the layers with the fused :func:`minicrate.layers.fused.encoder.layer_forward`
-    (same mathematics, tested equal to the plain blocks; official form only,
-    otherwise the plain :func:`~minicrate.layers.encoder.encoder_layer_forward` runs).
+    (same mathematics, tested equal to the plain blocks; official form only, otherwise the plain
+    :func:`~minicrate.layers.encoder.encoder_layer_forward`); ``keep_cache=False``: no cache (``None``).
     """
     _check_config(config)
     check_array(images, "images", ndim=4)
@@ -253,7 +253,9 @@ def encode(params, images, config: CRATEConfig, *, causal=False, fast=True):
                                               ln_eps=config.ln_eps)
     Z, pos_cache = add_cls_pos_forward(tokens, params["cls_token"], params["pos_embedding"])
     Z, layer_caches, _ = encoder_stack_forward(Z, params, config.depth, config.layer_options(causal=causal),
-                                               fast=fast)
+                                               fast=fast, keep_cache=keep_cache)
+    if not keep_cache:
+        return Z, None
     return Z, {"embed": embed_cache, "pos": pos_cache, "layers": layer_caches}
 
 
@@ -278,6 +280,16 @@ def forward(params, images, config: CRATEConfig, *, fast=True):
     cache.update(head_ln=ln_cache, head_lin=lin_cache, pool=config.pool, Z_shape=tuple(Z.shape),
                  config=config)
     return logits, cache
+
+
+def predict(params, images, config: CRATEConfig, *, fast=True):
+    """Logits ``(B, num_classes)``, the inference path: :func:`forward` keeping no cache (each
+    layer's work is freed once the next has its input), for evaluation and forward-only commands."""
+    Z, _ = encode(params, images, config, fast=fast, keep_cache=False)
+    check_params(params, config, like=images)
+    normed, _ = layernorm_forward(pool_tokens(Z, config.pool), params["head.ln_gamma"], params["head.ln_beta"],
+                                  eps=config.ln_eps)
+    return linear_forward(normed, params["head.W"], params["head.b"])[0]
 
 
 def backward(dlogits, cache):

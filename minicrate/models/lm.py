@@ -27,9 +27,8 @@ the loss is the mean cross-entropy over all positions, in nats per character.
 and the loss is the mean cross-entropy over the *masked* positions only.
 
 Every piece is a ``*_forward``/``*_backward`` pair and the whole model's
-backward is written by hand (:func:`backward`), checked by finite differences
-in ``tests/test_lm.py``.  Token ids are integer arrays; host (NumPy) ids are
-moved to the parameters' backend automatically.
+backward is written by hand (:func:`backward`), checked by finite differences in
+``tests/test_lm.py``.  Token ids are integer arrays; host ids move to the parameters' backend.
 """
 
 from __future__ import annotations
@@ -307,8 +306,8 @@ def _head_weight(params, config):
     return params["head.W"]
 
 
-def forward(params, tokens, config: LMConfig, *, fast=True):
-    """Logits of every position.
+def forward(params, tokens, config: LMConfig, *, fast=True, keep_cache=True):
+    """Logits of every position (``keep_cache=False``: the inference path, cache ``None``).
 
     Args:
         params: from :func:`init_params`.
@@ -325,12 +324,19 @@ def forward(params, tokens, config: LMConfig, *, fast=True):
     check_config(config, LMConfig)
     check_params_shapes(params, param_shapes(config))
     Z, emb = embed_forward(tokens, params["tok_embedding"], params["pos_embedding"])
-    Z, layers, outputs = encoder_stack_forward(Z, params, config.depth,
-                                               config.layer_options(causal=config.causal), fast=fast)
+    Z, layers, outputs = encoder_stack_forward(Z, params, config.depth, config.layer_options(causal=config.causal),
+                                               fast=fast, keep_cache=keep_cache)
     logits, head = head_forward(Z, params["ln_f.gamma"], params["ln_f.beta"],
                                 _head_weight(params, config), params["head.b"], eps=config.ln_eps)
+    if not keep_cache:
+        return logits, None
     return logits, {"embed": emb, "layers": layers, "outputs": outputs, "head": head,
                     "config": config, "keys": tuple(params)}
+
+
+def predict(params, tokens, config: LMConfig, *, fast=True):
+    """Logits ``(B, N, V)`` without a cache: :func:`forward`'s inference path."""
+    return forward(params, tokens, config, fast=fast, keep_cache=False)[0]
 
 
 def backward(dlogits, cache):

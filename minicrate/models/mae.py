@@ -94,12 +94,13 @@ from minicrate.ops.layernorm import layernorm_backward, layernorm_forward
 # forward, loss, backward
 
 
-def mae_encode(params, images, mask, config: MAEConfig, *, fast=False):
+def mae_encode(params, images, mask, config: MAEConfig, *, fast=False, keep_cache=True):
     """Encoder half: images and mask -> encoder output after its LayerNorm.
 
     ``fast=True`` runs the encoder layers with the fused
     :func:`minicrate.layers.fused.encoder.layer_forward` (same mathematics, about twice as
     fast on NumPy; official form only, otherwise the plain layer is used).
+    ``keep_cache=False`` (inference) keeps only ``cache["patches"]`` and ``cache["mask"]``.
 
     Returns:
         ``(Z, cache)``: Z ``(B, Np + 1, d)`` (row 0 is the class token).
@@ -119,15 +120,18 @@ def mae_encode(params, images, mask, config: MAEConfig, *, fast=False):
     T = xp.where(m, params["mask_token"], T)
     pos = host_to(xp, sincos_pos_embedding(d, config.grid_size), images.dtype, device_of(images))
     Z, pos_cache = add_cls_pos_forward(T, params["cls_token"], pos)
-    Z, layers, _ = encoder_stack_forward(Z, params, config.depth, config.layer_options(), fast=fast)
+    Z, layers, _ = encoder_stack_forward(Z, params, config.depth, config.layer_options(), fast=fast,
+                                         keep_cache=keep_cache)
     Z, norm_cache = layernorm_forward(Z, params["enc_norm.gamma"], params["enc_norm.beta"],
                                       eps=config.final_ln_eps)
+    if not keep_cache:
+        return Z, {"patches": patches, "mask": m}
     cache = {"patches": patches, "mask": m, "embed": embed_cache, "pos": pos_cache, "layers": layers,
              "norm": norm_cache}
     return Z, cache
 
 
-def mae_forward(params, images, mask, config: MAEConfig, *, fast=False):
+def mae_forward(params, images, mask, config: MAEConfig, *, fast=False, keep_cache=True):
     """Predicted pixels of every patch.
 
     Args:
@@ -138,16 +142,18 @@ def mae_forward(params, images, mask, config: MAEConfig, *, fast=False):
         config: the :class:`MAEConfig`.
         fast: fused encoder and decoder layers (:func:`minicrate.layers.fused.encoder.layer_forward`,
             :func:`minicrate.layers.fused.decoder.fast_decoder_layer_forward`; released form only).
+        keep_cache: ``False`` for inference (:func:`mae_predict`): each layer's work is
+            dropped when the layer is done; the cache holds only the patches and the mask.
 
     Returns:
         ``(pred, cache)``: pred ``(B, Np, P·P·C)`` (visible patches are
         predicted too but do not enter the loss); ``cache["patches"]`` is the
         target.
     """
-    Z, cache = mae_encode(params, images, mask, config, fast=fast)
+    Z, cache = mae_encode(params, images, mask, config, fast=fast, keep_cache=keep_cache)
     if config.block == "transformer":  # ViT-MAE: the decoder is transformer blocks too
         Z, dec_layers, _ = encoder_stack_forward(Z, params, config.depth, config.layer_options(), fast=fast,
-                                                 prefix="decoder.")
+                                                 prefix="decoder.", keep_cache=keep_cache)
         return _head(params, Z, config, cache, dec_layers)
     use_fast = fast and fast_supports(**config.decoder_options())
     layer_forward = fast_decoder_layer_forward if use_fast else decoder_layer_forward
@@ -156,8 +162,9 @@ def mae_forward(params, images, mask, config: MAEConfig, *, fast=False):
     for i in range(config.depth):
         layer, keys = decoder_layer_params(params, i, config.depth, tie_encoder=config.tie_decoder)
         Z, c = layer_forward(Z, layer, **config.decoder_options())
-        dec_layers.append((c, keys, layer_backward))
-    return _head(params, Z, config, cache, dec_layers)
+        if keep_cache:
+            dec_layers.append((c, keys, layer_backward))
+    return _head(params, Z, config, cache, dec_layers if keep_cache else None)
 
 
 def _head(params, Z, config, cache, dec_layers):
@@ -165,8 +172,16 @@ def _head(params, Z, config, cache, dec_layers):
     Z, dec_norm = layernorm_forward(Z, params["dec_norm.gamma"], params["dec_norm.beta"],
                                     eps=config.final_ln_eps)
     out, pred_cache = linear_forward(Z, params["pred.W"], params["pred.b"])
+    if dec_layers is None:  # inference
+        return out[:, 1:, :], cache
     cache.update(decoder=dec_layers, dec_norm=dec_norm, pred=pred_cache, out_shape=tuple(out.shape))
     return out[:, 1:, :], cache
+
+
+def mae_predict(params, images, mask, config: MAEConfig, *, fast=True):
+    """Predicted pixels ``(B, Np, P·P·C)`` of every patch, the inference path:
+    :func:`mae_forward` without a cache."""
+    return mae_forward(params, images, mask, config, fast=fast, keep_cache=False)[0]
 
 
 def mae_backward(dpred, cache):
@@ -240,9 +255,8 @@ def reconstruct(params, images, mask, config: MAEConfig):
         namespace; ``prediction`` is the model's output for every patch.
     """
     xp = namespace(images)
-    pred, cache = mae_forward(params, images, mask, config)
-    m = cache["mask"]
-    merged = xp.where(m, pred, cache["patches"])
+    pred, cache = mae_forward(params, images, mask, config, keep_cache=False)
+    merged = xp.where(cache["mask"], pred, cache["patches"])
     size = config.image_size
     return (unpatchify(merged, config.patch_size, config.channels, size, size),
             unpatchify(pred, config.patch_size, config.channels, size, size))

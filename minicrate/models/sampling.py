@@ -16,7 +16,7 @@ from minicrate.core.validate import (
     check_positive,
     describe,
 )
-from minicrate.models.lm import LMConfig, forward, param_shapes
+from minicrate.models.lm import LMConfig, param_shapes, predict
 
 
 def next_char_distribution(logits, *, temperature=1.0, top_k=None):
@@ -89,7 +89,7 @@ def generate(params, config: LMConfig, vocab, prompt, length, *, temperature=1.0
     xp = namespace(E)
     for step in range(length):
         window = asarray_like([ids[-config.context:]], E, dtype=xp.int64)
-        logits, _ = forward(params, window, config)
+        logits = predict(params, window, config)
         last = logits[0, -1, :]
         if temperature == 0:
             ids.append(int(xp.argmax(last)))
@@ -137,7 +137,7 @@ def fill_masks(params, config: LMConfig, vocab, text, *, mask_char="_"):
         ids[i] = config.mask_id
     E = params["tok_embedding"]
     xp = namespace(E)
-    logits, _ = forward(params, asarray_like([ids], E, dtype=xp.int64), config)
+    logits = predict(params, asarray_like([ids], E, dtype=xp.int64), config)
     best = to_numpy(xp.argmax(logits[0, ...], axis=-1))
     chars = list(text)
     for i in positions:

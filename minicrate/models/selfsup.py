@@ -124,6 +124,14 @@ def features_forward(params, images, config: CRATEConfig, *, fast=True):
     return f, cache
 
 
+def features(params, images, config: CRATEConfig, *, fast=True):
+    """:func:`features_forward` without a cache (the inference path): ``(B, d)``."""
+    check_params_shapes(params, {"head.ln_gamma": (config.dim,), "head.ln_beta": (config.dim,)})
+    Z, _ = encode(params, images, config, fast=fast, keep_cache=False)
+    return layernorm_forward(pool_tokens(Z, config.pool), params["head.ln_gamma"], params["head.ln_beta"],
+                             eps=config.ln_eps)[0]
+
+
 def features_backward(df, cache, grads):
     """Backward of :func:`features_forward`: adds every backbone gradient to ``grads``."""
     check_cache(cache, "features_forward", keys=("feature_ln", "pool", "Z_shape", "layers"))
@@ -176,6 +184,11 @@ def selfsup_forward(params, images, config: SelfSupConfig, *, fast=True):
     return out, {"features": fcache, "head": hcache}
 
 
+def selfsup_predict(params, images, config: SelfSupConfig, *, fast=True):
+    """:func:`selfsup_forward` without a cache (the teacher's forward): ``(B, output_dim)``."""
+    return head_forward(params, features(params, images, config.backbone, fast=fast), config.method)[0]
+
+
 def selfsup_backward(dout, cache):
     """Gradients of every parameter given ∂L/∂out; a dict with the parameters' keys."""
     check_cache(cache, "selfsup_forward", keys=("features", "head"))
@@ -193,5 +206,5 @@ def frozen_features(params, images, config: CRATEConfig, *, batch_size=500):
     out = []
     for start in range(0, len(images), batch_size):
         x = host_to(xp, images[start : start + batch_size], ref.dtype, device_of(ref))
-        out.append(features_forward(params, x, config)[0])
+        out.append(features(params, x, config))
     return xp.concat(out, axis=0)

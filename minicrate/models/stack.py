@@ -38,7 +38,7 @@ def group(params, prefix):
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
-def _choose_layer(options, fast):
+def _choose_layer(options, fast, keep_cache=True):
     """The layer function ``(Z, layer params) -> (Z, cache)`` for ``options``."""
     options = dict(options)
     if options.pop("block", "crate") == "transformer":
@@ -47,11 +47,12 @@ def _choose_layer(options, fast):
                 transformer_block_forward
             return forward(Z, layer, **options)
         return block
-    forward = fused.layer_forward if fast and fused.supports(**options) else encoder_layer_forward
-    return lambda Z, layer: forward(Z, layer, **options)
+    if fast and fused.supports(**options):
+        return lambda Z, layer: fused.layer_forward(Z, layer, keep_cache=keep_cache, **options)
+    return lambda Z, layer: encoder_layer_forward(Z, layer, **options)
 
 
-def encoder_stack_forward(Z, params, depth, options, *, fast=True, prefix="layers."):
+def encoder_stack_forward(Z, params, depth, options, *, fast=True, prefix="layers.", keep_cache=True):
     """Run ``depth`` encoder layers ``layers.0 … layers.<depth-1>`` of ``params`` on tokens ``Z``.
 
     The plain-or-fused choice is made here once for every model: with ``fast`` and
@@ -68,10 +69,13 @@ def encoder_stack_forward(Z, params, depth, options, *, fast=True, prefix="layer
         depth: number of layers.
         options: the layer switches (``LayerOptions.layer_options()``).
         prefix: the layers' key prefix (``"decoder."`` for a transformer MAE's decoder).
+        keep_cache: ``False`` for inference: each layer's cache is dropped as soon as the
+            layer is done (the fused layer does not even build it), so memory holds one
+            layer's work at a time.
 
     Returns:
         ``(Z, caches, outputs)``: the last layer's tokens, one cache per layer and
-        every layer's output ``Z^1 … Z^L``.
+        every layer's output ``Z^1 … Z^L`` (without ``keep_cache``: ``(Z, None, None)``).
     """
     check_keys(params, ())
     depth = check_int(depth, "depth", minimum=1)
@@ -80,16 +84,17 @@ def encoder_stack_forward(Z, params, depth, options, *, fast=True, prefix="layer
                         f"got {type(options).__name__}")
     if not isinstance(prefix, str) or not prefix.endswith("."):
         raise ValueError(f"prefix must be a key prefix ending in '.', got {prefix!r}")
-    layer_forward = _choose_layer(options, fast)
+    layer_forward = _choose_layer(options, fast, keep_cache)
     caches, outputs = [], []
     for i in range(depth):
         layer = group(params, f"{prefix}{i}.")
         if not layer:
             raise ValueError(f"params holds no layer {i} (no key starts with {prefix}{i}.)")
         Z, c = layer_forward(Z, layer)
-        caches.append(c)
-        outputs.append(Z)
-    return Z, caches, outputs
+        if keep_cache:
+            caches.append(c)
+            outputs.append(Z)
+    return (Z, caches, outputs) if keep_cache else (Z, None, None)
 
 
 def _layer_backward(cache):

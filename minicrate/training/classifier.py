@@ -28,7 +28,7 @@ from minicrate.core import checkpoint as ckpt
 from minicrate.core.backend import BACKENDS, get_backend, host_to, to_numpy
 from minicrate.core.validate import check_int, check_keys, check_positive, describe, finite_checks
 from minicrate.data.images import DATASETS
-from minicrate.models.classifier import CRATEConfig, forward, init_params, loss_and_grads, param_count, preset
+from minicrate.models.classifier import CRATEConfig, init_params, loss_and_grads, param_count, preset
 from minicrate.training.epochs import EpochTask
 from minicrate.training.loop import fit
 from minicrate.training.optim import OPTIMIZERS
@@ -150,19 +150,23 @@ def recipe(name, **train_overrides):
 
 
 # -- evaluation ---------------------------------------------------------------
-def evaluate(params, config: CRATEConfig, images, labels, *, batch_size=500):
-    """Accuracy and mean (label-smoothed) loss on host arrays, in batches.
+def evaluate(params, config: CRATEConfig, images, labels, *, batch_size=500, workers=None):
+    """Accuracy and mean (label-smoothed) loss on host arrays, in batches, through the
+    inference path (:func:`minicrate.models.classifier.predict`: no cache) with each batch
+    split over the cores (:func:`minicrate.training.parallel.threads.predict`).
 
     Args:
         params: the model's parameters (any backend).
         config: its :class:`~minicrate.models.classifier.CRATEConfig`.
         images: ``(n, C, H, W)`` NumPy, n >= 1; labels ``(n,)`` integers.
         batch_size: images per forward pass (an integer >= 1).
+        workers: chunks per batch (``None``: one per core on NumPy, else 1).
     Returns:
         ``{"accuracy", "loss", "predictions"}`` (predictions a NumPy array).
     """
     from minicrate.core.backend import device_of, namespace
     from minicrate.models.loss import cross_entropy_forward
+    from minicrate.training.parallel.threads import predict
 
     if not isinstance(config, CRATEConfig):
         raise TypeError(f"config must be a CRATEConfig, got {type(config).__name__}")
@@ -176,7 +180,7 @@ def evaluate(params, config: CRATEConfig, images, labels, *, batch_size=500):
         for start in range(0, len(images), batch_size):
             xb = host_to(xp, images[start : start + batch_size], dtype, device)
             yb = host_to(xp, labels[start : start + batch_size], "int64", device)
-            logits, _ = forward(params, xb, config)
+            logits = predict(params, xb, config, workers=workers)
             loss, _ = cross_entropy_forward(logits, yb, smoothing=config.label_smoothing)
             total_loss += float(loss) * xb.shape[0]
             preds.append(to_numpy(xp.argmax(logits, axis=-1)))
@@ -279,7 +283,8 @@ class ClassifierTask(EpochTask):
 
     def evaluate(self, params, *, step, lr, running, final, period_s, wall_s):
         tc, split = self.tc, self.split
-        test = evaluate(params, self.mc, split.x_test, split.y_test, batch_size=tc.eval_batch_size)
+        test = evaluate(params, self.mc, split.x_test, split.y_test, batch_size=tc.eval_batch_size,
+                        workers=self.workers)
         return {"epoch": step // self.steps_per_epoch, "step": step, "lr": lr,
                 "train_loss": running["loss_sum"] / running["seen"],
                 "train_accuracy": running["correct"] / running["seen"],

@@ -35,10 +35,11 @@ from minicrate.models.classifier import param_count, preset
 from minicrate.models.selfsup import (
     METHODS,
     SelfSupConfig,
-    frozen_features,
+    features,
     init_selfsup_params,
     selfsup_backward,
     selfsup_forward,
+    selfsup_predict,
 )
 from minicrate.models.selfsup_loss import (
     SIMDINO_EPS,
@@ -51,7 +52,7 @@ from minicrate.models.selfsup_loss import (
 from minicrate.training.classifier import TrainConfig
 from minicrate.training.compare import transformer_twin
 from minicrate.training.epochs import EpochTask
-from minicrate.training.parallel.threads import default_workers, map_chunks
+from minicrate.training.parallel.threads import default_workers, map_chunks, split_map
 
 TEACHER, CENTER = "teacher.", "dino.center"
 
@@ -238,7 +239,8 @@ class SelfSupTask(EpochTask):
         x = batch["x"]
         B = x.shape[0] // V
         out, caches = self.forward(params, x)
-        t_out, _ = self.forward(self.teacher, x[: G * B, ...])
+        # the teacher takes no gradient: the inference path, split over worker processes on NumPy
+        t_out = split_map(selfsup_predict, self.teacher, (x[: G * B, ...],), self.config, workers=self.workers)
         S, T = xp.reshape(out, (V, B, -1)), xp.reshape(t_out, (G, B, -1))
         if self.config.method == "dino":
             tau_t = teacher_temperature(batch["step"] / self.steps_per_epoch, self.recipe)
@@ -292,9 +294,16 @@ class SelfSupTask(EpochTask):
     # -- evaluation ----------------------------------------------------------------
     def features(self, params):
         """Frozen backbone features of the train and test split (host arrays)."""
-        bb, bs = self.config.backbone, self.tc.eval_batch_size
-        return (to_numpy(frozen_features(params, self.split.x_train, bb, batch_size=bs)),
-                to_numpy(frozen_features(params, self.split.x_test, bb, batch_size=bs)))
+        bb, bs, xp = self.config.backbone, self.tc.eval_batch_size, self.xp
+        ref = params["head.ln_gamma"]
+
+        def frozen(images):  # batch by batch, each batch split over the workers (no cache)
+            return np.concatenate([to_numpy(split_map(features, params, (host_to(xp, images[i:i + bs], ref.dtype,
+                                                                                   device_of(ref)),), bb,
+                                                      workers=self.workers))
+                                   for i in range(0, len(images), bs)])
+
+        return frozen(self.split.x_train), frozen(self.split.x_test)
 
     def evaluate(self, params, *, step, lr, running, final, period_s, wall_s):
         f_train, f_test = self.features(self.teacher)

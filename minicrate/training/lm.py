@@ -35,7 +35,7 @@ from minicrate.models.sampling import generate
 from minicrate.training.lmfiles import load_checkpoint, load_run, read_vocab  # noqa: F401
 from minicrate.training.loop import fit
 from minicrate.training.optim import make_optimizer
-from minicrate.training.parallel.threads import map_chunks, one_thread_blas, weighted_combine
+from minicrate.training.parallel.threads import one_thread_blas, split_grads, split_map
 from minicrate.training.rundir import VOCAB, check_run_dir
 
 
@@ -92,29 +92,32 @@ RESUME_FREE = frozenset({"steps", "backend", "eval_windows", "checkpoint_every",
                 "eval_every", "workers"})
 
 
-def loss_and_grads(params, inputs, targets, config, weights=None, *, workers=1):
-    """:func:`minicrate.models.lm.loss_and_grads` with the batch split over ``workers`` threads.
+def chunk_loss_and_grads(params, inputs, targets, weights, config):
+    """:func:`minicrate.models.lm.loss_and_grads` of one chunk, as ``(loss, grads)``: the logits
+    stay where they were computed (from a worker process they would travel back unused)."""
+    return lm.loss_and_grads(params, inputs, targets, config, weights)[:2]
+
+
+def loss_and_grads(params, inputs, targets, config, weights=None, *, workers=1, processes=None):
+    """:func:`minicrate.models.lm.loss_and_grads` with the batch split over ``workers`` chunks
+    (:func:`minicrate.training.parallel.threads.split_grads`: worker processes on NumPy).
 
     Args:
         inputs, targets: ``(B, N)`` token ids; weights: ``(B, N)`` or ``None`` (all positions).
+        processes: as for :func:`~minicrate.training.parallel.threads.split_grads`.
     Returns:
         ``(loss, grads, None)``.  The loss is a mean over the selected positions, so
         chunk i enters with the share ``n_i / n`` of those positions (all of them for the
         causal form, the masked ones for the masked form): the one-chunk result up to
         rounding (:func:`minicrate.training.parallel.threads.weighted_combine`).
     """
-    B = inputs.shape[0]
-    if workers <= 1 or B < 2:
+    if workers <= 1 or inputs.shape[0] < 2:
         return lm.loss_and_grads(params, inputs, targets, config, weights)
-
-    def part(s):
-        w = None if weights is None else weights[s]
-        return s, lm.loss_and_grads(params, inputs[s], targets[s], config, w)
-
-    results = map_chunks(part, B, workers)
-    shares = [float(weights[s].sum()) if weights is not None else (s.stop - s.start) * 1.0
-              for s, _ in results]
-    loss, grads = weighted_combine([r for _, r in results], shares)
+    if weights is None:  # every position counts: weights of one, so the chunks split like the ids
+        weights = np.ones(inputs.shape, dtype=np.float64)
+    loss, grads = split_grads(chunk_loss_and_grads, params, (inputs, targets, weights), config,
+                              workers=workers, processes=processes,
+                              shares=lambda s: float(weights[s].sum()))
     return loss, grads, None
 
 
@@ -135,7 +138,8 @@ def evaluate(params, model_config, val, *, batch_size=64, baseline_char=None, wo
     Returns ``{"loss"}`` for the causal form; the masked form adds
     ``"accuracy"`` (argmax at masked positions) and, given ``baseline_char``
     (an id), ``"baseline_accuracy"``: how often always guessing it is right.
-    Each batch is split over ``workers`` threads (:mod:`minicrate.training.parallel.threads`).
+    The inference path (:func:`minicrate.models.lm.predict`: no cache), each batch split over
+    ``workers`` chunks (:func:`minicrate.training.parallel.threads.split_map`).
     """
     xp = namespace(params["tok_embedding"])
     total, count, correct = 0.0, 0.0, 0.0
@@ -148,9 +152,7 @@ def evaluate(params, model_config, val, *, batch_size=64, baseline_char=None, wo
         for start in range(0, len(inputs), batch_size):
             sl = slice(start, start + batch_size)
             xb = inputs[sl]
-            parts = map_chunks(lambda c, xb=xb: lm.forward(params, xb[c], model_config)[0],
-                               len(xb), workers)
-            logits = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+            logits = split_map(lm.predict, params, (xb,), model_config, workers=workers)
             loss, _ = lm_loss_forward(logits, targets[sl], weights[sl])
             n = float(weights[sl].sum())
             total += float(loss) * n

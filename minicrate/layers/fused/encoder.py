@@ -111,7 +111,8 @@ class FastLayerCache(dict):
         raise KeyError(key)
 
 
-def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_eps=1e-5, **unused):
+def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_eps=1e-5, keep_cache=True,
+                  **unused):
     r"""One official-form CRATE layer, fused (``model/crate.py``, class ``Transformer``):
     :math:`Z^{\ell+1/2} = Z + \mathrm{MSSA}(\mathrm{LN}_1(Z))`,
     :math:`Y = \mathrm{ReLU}(X + \eta(X - XD^\top)D - \eta\lambda)`,
@@ -123,11 +124,14 @@ def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_e
             ``(d, K·p)``, ``b_out`` ``(d,)`` (optional), ``ln2_gamma, ln2_beta``, ``D`` ``(d, d)``.
         scale: softmax temperature (``None`` → 1/√p); causal: mask future tokens;
         eta, lam: ISTA step and threshold weight; ln_eps: LayerNorm ε.
+        keep_cache: ``False`` for inference: nothing is kept for backward, every
+            intermediate is freed as soon as it is used, and the cache is ``None``.
         unused: the plain layer's other switches; they must have their official values
             (``tie_out=False, use_layernorm=True``).
 
     Returns:
-        ``(Y, cache)`` with Y of Z's shape; ``cache`` is a :class:`FastLayerCache`.
+        ``(Y, cache)`` with Y of Z's shape; ``cache`` is a :class:`FastLayerCache` (``None``
+        without ``keep_cache``).
     """
     if not supports(**unused):
         raise ValueError(f"the fused layer implements the official form only, got {unused}")
@@ -163,6 +167,8 @@ def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_e
     S *= scale
     At = softmax_transposed(xp, S, causal)  # Aᵀ, (Bf·K, N, N)
     H = heads_to_rows(xp.matrix_transpose(At) @ Wh, Bf, N, K, p)  # (Bf·N, K·p)
+    if not keep_cache:
+        del Wh, At
     Zh = H @ xp.matrix_transpose(W_out)
     del H
     if b_out is not None:
@@ -175,7 +181,13 @@ def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_e
     Xh2, _, inv2 = normalise(xp, Zh, ln_eps)
     del Zh
     E = ista_matrix(xp, D, eta)
-    X2 = affine(Xh2, params["ln2_gamma"], params["ln2_beta"])
+    if keep_cache:
+        X2 = affine(Xh2, params["ln2_gamma"], params["ln2_beta"])
+    else:  # backward will not need X̂2: form X2 in its place
+        X2 = Xh2
+        X2 *= params["ln2_gamma"]
+        X2 += params["ln2_beta"]
+        del Xh2
     P = X2 @ E
     P += X2
     del X2
@@ -183,6 +195,8 @@ def layer_forward(Z, params, *, scale=None, eta=0.1, lam=0.1, causal=False, ln_e
     P *= xp.astype(P > 0, P.dtype)  # ReLU (a multiply by the 0/1 mask is fast and branch-free)
     Y = xp.reshape(P, Z.shape)
     del P
+    if not keep_cache:
+        return Y, None
     cache = FastLayerCache(Z=Z, mu1=mu1, inv1=inv1, Wh=Wh, At=At, Xh2=Xh2, inv2=inv2, Y=Y, E=E,
                            params=params, scale=scale, eta=eta, K=K, dims=(Bf, N, K, p, d),
                            has_bias=b_out is not None)

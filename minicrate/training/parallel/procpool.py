@@ -7,21 +7,27 @@ their time handing Python's global interpreter lock (GIL) to each other:
 measured on (a), two threads used 50 ms of CPU for what one thread does in
 35.  Processes have an interpreter each, so nothing is handed over.
 
-How a step runs (``W`` = workers, chunk ``i`` has ``n_i`` of the ``B`` samples)::
+How a training step runs (``W`` = workers, chunk ``i`` has ``n_i`` of the ``B`` samples;
+``fn`` is the model's ``loss_and_grads``, named in the message)::
 
     parent                                   worker i = 1 … W−1 (own process)
     copy params -> shared block P            (waits for a message)
     copy chunk i -> shared block In_i;
-    send ("step", n_i)              ───────> loss_i, grads_i = loss_and_grads(P, In_i)
-    loss_0, grads_0 = loss_and_grads(        write grads_i, logits_i -> Out_i
-        params, chunk 0)            <─────── send ("ok", loss_i)
+    send ("grads", fn, n_i)         ───────> loss_i, grads_i, aux_i = fn(P, In_i)
+    loss_0, grads_0 = fn(params, chunk 0)    write grads_i -> Out_i
+                                    <─────── send ("ok", (loss_i, aux_i))
     loss = Σ (n_i/B) loss_i,  grads = Σ (n_i/B) grads_i      (as in minicrate.training.parallel.threads)
+
+An inference forward (``"map"``) is the same without gradients: each worker answers its
+chunk's output (logits, features: small, so they travel through the pipe).  One pool
+serves every model (classifier, CRATE-MAE, the language models, the self-supervised
+teacher): each message names the function, its config and options.
 
 The shared blocks are files in ``/dev/shm`` (memory, not disk) that every
 process maps with :mod:`mmap` and views as NumPy arrays; only the small
 control messages go through pipes.  Copying the parameters costs one pass over
 them per step (5 MB on config (b), about a millisecond).  Each worker is
-``python -m minicrate.training.parallel.procpool``, started once per pool with one BLAS thread;
+``python -m minicrate.training.parallel.worker``, started once per pool with one BLAS thread;
 it keeps freed memory for reuse (:mod:`minicrate.core.allocator`).
 
 **Signals.**  A terminal's Ctrl-C (SIGINT) and a ``kill`` of the job (SIGTERM) go to
@@ -33,26 +39,21 @@ the end of its pipe, or SIGKILL after 5 s).
 
 The result equals the threaded one (same chunks, same arithmetic) and the
 one-chunk computation up to rounding; ``tests/test_procpool.py`` checks both.
-Only the forward+backward of the classifier's loss runs here; a forward whose
-caches are wanted later stays in the parent (:func:`minicrate.training.parallel.threads.forward`).
+A forward whose caches are wanted later stays in the parent
+(:func:`minicrate.training.parallel.threads.forward`): caches do not cross processes.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import gc
 import os
 import pickle
-import signal
 import subprocess
 import sys
-import traceback
 
 import numpy as np
 
-from minicrate.core.allocator import keep_freed_memory
-from minicrate.core.validate import finite_checks
 from minicrate.training.parallel.shared import SharedBlock
 
 
@@ -63,10 +64,16 @@ def _grad_specs(params):
 # --- the parent side ---------------------------------------------------------------------------
 
 class ProcessPool:
-    """``W − 1`` worker processes plus the calling process, for one model config.
+    """``W − 1`` worker processes plus the calling process.
+
+    A call names the function each chunk runs (a module-level function, pickled by
+    reference) with its model config and options, so one pool serves every model:
+    :meth:`grads` for a training step (a weighted sum of the chunks' losses and
+    gradients), :meth:`map` for an inference forward (the chunks' outputs stacked).
 
     Args:
-        config: the :class:`~minicrate.models.classifier.CRATEConfig` every step uses.
+        config: the :class:`~minicrate.models.classifier.CRATEConfig` that
+            :meth:`loss_and_grads` uses (the classifier's step); ``None`` if unused.
         workers: chunks per batch (≥ 2); ``workers − 1`` processes are started.
         options: passed to :func:`minicrate.models.classifier.loss_and_grads` (e.g. ``fast``).
     """
@@ -77,13 +84,13 @@ class ProcessPool:
         self.config, self.workers, self.options = config, int(workers), dict(options)
         self._procs, self._blocks, self._key, self._capacity = [], None, None, 0
         env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
         for _ in range(self.workers - 1):
             to_child_r, to_child_w = os.pipe()
             to_parent_r, to_parent_w = os.pipe()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "minicrate.training.parallel.procpool", str(to_child_r), str(to_parent_w)],
+                [sys.executable, "-m", "minicrate.training.parallel.worker", str(to_child_r), str(to_parent_w)],
                 pass_fds=(to_child_r, to_parent_w), env=env, close_fds=True,
                 start_new_session=True)  # the terminal's SIGINT/SIGTERM go to the parent only
             os.close(to_child_r)
@@ -91,7 +98,7 @@ class ProcessPool:
             proc.send = os.fdopen(to_child_w, "wb")
             proc.recv = os.fdopen(to_parent_r, "rb")
             self._procs.append(proc)
-        self._broadcast(("config", config, self.options))
+        self._broadcast(("hello",))
         self._collect("starting the worker processes")
         atexit.register(self.close)
 
@@ -131,22 +138,19 @@ class ProcessPool:
         return replies
 
     # blocks
-    def _ensure_blocks(self, params, images, labels, max_n):
+    def _ensure_blocks(self, params, inputs, max_n):
         """Shared blocks for these parameter shapes and dtypes and chunks of up to ``max_n``
-        images; kept while they fit (a smaller last batch reuses them)."""
+        rows of each input; kept while they fit (a smaller last batch reuses them)."""
         key = (tuple((k, v.shape, v.dtype.str) for k, v in params.items()),
-               images.shape[1:], images.dtype.str, labels.dtype.str)
+               tuple((x.shape[1:], x.dtype.str) for x in inputs))
         if key == self._key and max_n <= self._capacity:
             return
         self._release_blocks()
-        num_classes = self.config.num_classes
         shared = SharedBlock(_grad_specs(params))
         per_worker = []
         for _ in self._procs:
-            inp = SharedBlock({"images": ((max_n, *images.shape[1:]), images.dtype),
-                               "labels": ((max_n,), labels.dtype)})
-            out = SharedBlock({**{"grad/" + k: (v.shape, v.dtype) for k, v in params.items()},
-                               "logits": ((max_n, num_classes), images.dtype)})
+            inp = SharedBlock({f"in{j}": ((max_n, *x.shape[1:]), x.dtype) for j, x in enumerate(inputs)})
+            out = SharedBlock({"grad/" + k: (v.shape, v.dtype) for k, v in params.items()})
             per_worker.append((inp, out))
         for proc, (inp, out) in zip(self._procs, per_worker, strict=True):
             self._send(proc, ("blocks", shared.spec, inp.spec, out.spec))
@@ -162,8 +166,104 @@ class ProcessPool:
                 block.close()
         self._blocks, self._key = None, None
 
+    def _scatter(self, kind, fn, params, inputs, config, options):
+        """Copy the parameters and chunks 1 … W−1 into the shared blocks and start the
+        workers on them; returns the chunks, or ``None`` when a batch has fewer rows than
+        workers (then the caller runs it whole)."""
+        from minicrate.core.validate import finite_checks_enabled
+        from minicrate.training.parallel.split import chunks
+
+        if not self._procs:
+            raise RuntimeError("this ProcessPool is closed")
+        bad = [f"{type(x).__name__}" for x in list(params.values()) + list(inputs)
+               if not isinstance(x, np.ndarray)]
+        if bad:
+            raise TypeError(f"a ProcessPool takes NumPy arrays, got {', '.join(sorted(set(bad)))}")
+        B = inputs[0].shape[0]
+        if any(x.shape[0] != B for x in inputs):
+            raise ValueError(f"every input must have the batch's {B} rows, got "
+                             f"{[tuple(x.shape) for x in inputs]}")
+        parts = chunks(B, self.workers)
+        if len(parts) < self.workers:
+            return None
+        self._ensure_blocks(params, inputs, max(s.stop - s.start for s in parts))
+        shared, per_worker = self._blocks
+        for k, v in params.items():
+            np.copyto(shared.arrays[k], v)
+        for proc, s, (inp, _) in zip(self._procs, parts[1:], per_worker, strict=True):
+            n = s.stop - s.start
+            for j, x in enumerate(inputs):
+                inp.arrays[f"in{j}"][:n] = x[s]
+            self._send(proc, (kind, fn, config, dict(options), n, finite_checks_enabled()))
+        return parts
+
+    def _run_first(self, fn, params, inputs, part, config, options, what):
+        """Chunk 0 in this process (one BLAS thread), the workers' replies after it."""
+        from minicrate.training.parallel.split import one_thread_blas
+
+        try:
+            with one_thread_blas():
+                first = fn(params, *(x[part] for x in inputs), config, **options)
+        except BaseException:
+            with contextlib.suppress(Exception):  # keep the pipes in step; our error comes first
+                self._collect(what)
+            raise
+        return first, self._collect(what)
+
+    def grads(self, fn, params, inputs, config, options=None, *, shares=None):
+        """A training step on the batch split over the processes.
+
+        Args:
+            fn: ``fn(params, *chunk_inputs, config, **options) -> (loss, grads, *aux)``, a
+                module-level function (each chunk's mean loss and its gradients).
+            params: NumPy parameter arrays; inputs: NumPy arrays, rows = samples.
+            shares: ``shares(slice) -> float``, what a chunk's mean loss averages over
+                (default: its number of rows).
+
+        Returns:
+            ``(loss, grads, *aux)``: ``Σ w_i loss_i``, ``Σ w_i grads_i`` (new arrays) with
+            ``w_i = share_i / Σ share``, and each aux output of the chunks concatenated.
+        """
+        options = options or {}
+        inputs = tuple(inputs)
+        parts = self._scatter("grads", fn, params, inputs, config, options)
+        if parts is None:  # fewer samples than workers: no need for the pool
+            return fn(params, *inputs, config, **options)
+        (loss0, grads0, *aux0), replies = self._run_first(fn, params, inputs, parts[0], config, options,
+                                                          "a training step")
+        share = shares or (lambda s: s.stop - s.start)
+        weights = [float(share(s)) for s in parts]
+        total = sum(weights)
+        loss = weights[0] / total * loss0
+        grads = {k: weights[0] / total * g for k, g in grads0.items()}
+        for w, (loss_i, _), (_, out) in zip(weights[1:], replies, self._blocks[1], strict=True):
+            loss += w / total * loss_i
+            for k, g in grads.items():
+                g += w / total * out.arrays["grad/" + k]
+        aux = [np.concatenate([a0] + [r[1][j] for r in replies], axis=0) for j, a0 in enumerate(aux0)]
+        return (loss, grads, *aux)
+
+    def map(self, fn, params, inputs, config, options=None):
+        """An inference forward on the batch split over the processes.
+
+        Args:
+            fn: ``fn(params, *chunk_inputs, config, **options) -> array (n_i, ...)``, a
+                module-level function; params, inputs: as for :meth:`grads`.
+
+        Returns:
+            the chunks' outputs concatenated along the rows.
+        """
+        options = options or {}
+        inputs = tuple(inputs)
+        parts = self._scatter("map", fn, params, inputs, config, options)
+        if parts is None:
+            return fn(params, *inputs, config, **options)
+        first, replies = self._run_first(fn, params, inputs, parts[0], config, options, "an inference forward")
+        return np.concatenate([first] + replies, axis=0)
+
     def loss_and_grads(self, params, images, labels):
-        """:func:`minicrate.models.classifier.loss_and_grads` on the batch split over the processes.
+        """:func:`minicrate.models.classifier.loss_and_grads` on the batch split over the processes
+        (with the pool's config and options).
 
         Args:
             params: NumPy parameter arrays; images ``(B, C, H, W)``; labels ``(B,)`` ints.
@@ -171,58 +271,16 @@ class ProcessPool:
         Returns:
             ``(loss, grads, logits)`` for the whole batch (grads new arrays).
         """
-        from minicrate.core.validate import finite_checks_enabled
         from minicrate.models.classifier import loss_and_grads as single
-        from minicrate.training.parallel.split import check_batch, chunks, one_thread_blas
+        from minicrate.training.parallel.split import check_batch
 
-        if not self._procs:
-            raise RuntimeError("this ProcessPool is closed")
         check_batch(images, labels)
-        if not (isinstance(images, np.ndarray) and isinstance(labels, np.ndarray)):
-            raise TypeError(f"a ProcessPool takes NumPy arrays, got images {type(images).__name__}, "
-                            f"labels {type(labels).__name__}")
-        B = images.shape[0]
-        parts = chunks(B, self.workers)
-        if len(parts) < self.workers:  # fewer samples than workers: no need for the pool
-            return single(params, images, labels, self.config, **self.options)
-        self._ensure_blocks(params, images, labels, max(s.stop - s.start for s in parts))
-        shared, per_worker = self._blocks
-        for k, v in params.items():
-            np.copyto(shared.arrays[k], v)
-        for proc, s, (inp, _) in zip(self._procs, parts[1:], per_worker, strict=True):
-            n = s.stop - s.start
-            inp.arrays["images"][:n] = images[s]
-            inp.arrays["labels"][:n] = labels[s]
-            self._send(proc, ("step", n, finite_checks_enabled()))
-        try:
-            with one_thread_blas():
-                loss0, grads0, logits0 = single(params, images[parts[0]], labels[parts[0]], self.config,
-                                                **self.options)
-        except BaseException:
-            with contextlib.suppress(Exception):  # keep the pipes in step; our error comes first
-                self._collect("a training step")
-            raise
-        losses = self._collect("a training step")
-        w0 = (parts[0].stop - parts[0].start) / B
-        loss = w0 * loss0
-        grads = {k: w0 * g for k, g in grads0.items()}
-        logits = [logits0]
-        for s, loss_i, (_, out) in zip(parts[1:], losses, per_worker, strict=True):
-            w = (s.stop - s.start) / B
-            loss += w * loss_i
-            for k, g in grads.items():
-                g += w * out.arrays["grad/" + k]
-            logits.append(out.arrays["logits"][: s.stop - s.start].copy())
-        return loss, grads, np.concatenate(logits, axis=0)
+        return self.grads(single, params, (images, labels), self.config, self.options)
 
     @property
     def closed(self):
         return not self._procs
 
-    @property
-    def key(self):
-        """``(config, workers, sorted options)``: what a step of this pool computes with."""
-        return (self.config, self.workers, tuple(sorted(self.options.items())))
 
     # memory measurement (benchmarks/bench_speed.py)
     def reset_peak_memory(self):
@@ -268,105 +326,3 @@ class ProcessPool:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self._release_blocks()
-
-
-# --- the worker side ---------------------------------------------------------------------------
-
-def _status_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-class _Worker:
-    """One worker's state; :meth:`handle` answers one message."""
-
-    def __init__(self):
-        self.config = self.options = self.blocks = None
-        self.baseline_kb = 0
-
-    def handle(self, msg):
-        kind = msg[0]
-        if kind == "config":
-            self.config, self.options = msg[1], msg[2]
-            return None
-        if kind == "blocks":
-            if self.blocks is not None:
-                for block in self.blocks:
-                    block.close()
-            self.blocks = [SharedBlock(**spec) for spec in msg[1:]]
-            return None
-        if kind == "step":
-            with finite_checks(msg[2]):  # the parent's setting: NaN scans on or off
-                return self._step(msg[1])
-        if kind == "memory":
-            return self._memory(msg[1])
-        raise ValueError(f"unknown message {kind!r}")
-
-    def _step(self, n):
-        from minicrate.models.classifier import loss_and_grads
-
-        shared, inp, out = self.blocks
-        loss, grads, logits = loss_and_grads(shared.arrays, inp.arrays["images"][:n],
-                                             inp.arrays["labels"][:n], self.config, **self.options)
-        for k, g in grads.items():
-            np.copyto(out.arrays["grad/" + k], g)
-        out.arrays["logits"][:n] = logits
-        return loss
-
-    def _memory(self, what):
-        if what == "reset":
-            gc.collect()
-            self.baseline_kb = _status_kb("VmRSS")
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-            except OSError:
-                return None
-            return self.baseline_kb
-        return _status_kb("VmHWM") - self.baseline_kb
-
-
-def _picklable(exc):
-    """``exc`` if it survives pickling, else a RuntimeError with its text."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:  # noqa: BLE001
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
-
-
-def ignore_stop_signals():
-    """SIGINT and SIGTERM do nothing in this process (a worker: the parent handles them)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def _worker_main(read_fd, write_fd):
-    from minicrate.training.parallel.split import one_thread_blas
-
-    ignore_stop_signals()
-
-    keep_freed_memory()
-    recv, send = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
-    worker = _Worker()
-    with one_thread_blas():
-        while True:
-            try:
-                msg = pickle.load(recv)
-            except EOFError:  # the parent has gone
-                return
-            if msg[0] == "close":
-                return
-            try:
-                reply = ("ok", worker.handle(msg))
-            except Exception as exc:  # noqa: BLE001 - sent to the parent, which raises it
-                reply = ("error", (_picklable(exc), traceback.format_exc()))
-            pickle.dump(reply, send, protocol=pickle.HIGHEST_PROTOCOL)
-            send.flush()
-
-
-if __name__ == "__main__":
-    _worker_main(int(sys.argv[1]), int(sys.argv[2]))

@@ -86,16 +86,17 @@ def map_chunks(fn, n, workers):
         return list(_pool(len(parts)).map(fn, parts))
 
 
-def process_pool(config, workers, options=()):
-    """The worker processes for ``(config, workers, options)``.  One pool is kept at a
-    time: another key, or a pool that was closed, starts a new one."""
+def process_pool(workers):
+    """The worker processes for ``workers`` chunks.  One pool is kept at a time: another
+    number of workers, or a pool that was closed, starts a new one.  A pool serves any
+    model: each call names the function its chunks run."""
     from minicrate.training.parallel.procpool import ProcessPool
 
     pool = current_pool()
-    if pool is not None and pool.key == (config, int(workers), tuple(options)):
+    if pool is not None and pool.workers == int(workers):
         return pool
     close_pool()
-    _POOLS.append(ProcessPool(config, workers, **dict(options)))
+    _POOLS.append(ProcessPool(None, workers))
     return _POOLS[0]
 
 
@@ -114,14 +115,75 @@ def close_pool():
     _POOLS.clear()
 
 
+def _use_processes(xp, processes):
+    if processes is None:  # worker processes need POSIX pipes (pass_fds)
+        return backend_name(xp) == "numpy" and os.name == "posix"
+    if processes and backend_name(xp) != "numpy":
+        raise ValueError(f"processes=True needs NumPy arrays, got {backend_name(xp)}")
+    return bool(processes)
+
+
+def split_grads(fn, params, inputs, config, options=None, *, workers=None, processes=None, shares=None):
+    """A training step ``fn(params, *inputs, config, **options) -> (loss, grads, *aux)`` with the
+    batch (the inputs' rows) split over ``workers`` chunks.
+
+    Args:
+        fn: a module-level function returning a chunk's mean loss, its gradients and any
+            per-row outputs (e.g. logits).
+        workers: number of chunks (``None``: :func:`default_workers`).
+        processes: chunks in worker processes (:mod:`minicrate.training.parallel.procpool`)
+            rather than threads; ``None``: processes on NumPy.
+        shares: ``shares(slice) -> float``, what a chunk's mean averages over (default: its rows).
+
+    Returns:
+        ``(loss, grads, *aux)`` for the whole batch: the chunks' weighted sums, aux concatenated.
+    """
+    options, inputs = dict(options or {}), tuple(inputs)
+    xp = namespace(next(iter(params.values())))  # the model's backend (ids may stay on the host)
+    B = inputs[0].shape[0]
+    workers = default_workers(xp) if workers is None else int(workers)
+    if workers <= 1 or B < 2:
+        return fn(params, *inputs, config, **options)
+    if _use_processes(xp, processes):
+        return process_pool(workers).grads(fn, params, inputs, config, options, shares=shares)
+
+    def run(s):
+        return s, fn(params, *(x[s, ...] for x in inputs), config, **options)
+
+    results = map_chunks(run, B, workers)
+    share = shares or (lambda s: s.stop - s.start)
+    loss, grads = weighted_combine([r for _, r in results], [share(s) for s, _ in results])
+    aux = [namespace(results[0][1][j]).concat([r[j] for _, r in results], axis=0)
+           for j in range(2, len(results[0][1]))]
+    return (loss, grads, *aux)
+
+
+def split_map(fn, params, inputs, config, options=None, *, workers=None, processes=None):
+    """An inference forward ``fn(params, *inputs, config, **options) -> (n, ...)`` with the batch
+    split over ``workers`` chunks (worker processes on NumPy, as :func:`split_grads`).
+
+    Returns:
+        the chunks' outputs concatenated along the rows.
+    """
+    options, inputs = dict(options or {}), tuple(inputs)
+    xp = namespace(next(iter(params.values())))  # the model's backend (ids may stay on the host)
+    B = inputs[0].shape[0]
+    workers = default_workers(xp) if workers is None else int(workers)
+    if workers <= 1 or B < 2:
+        return fn(params, *inputs, config, **options)
+    if _use_processes(xp, processes):
+        return process_pool(workers).map(fn, params, inputs, config, options)
+    parts = map_chunks(lambda s: fn(params, *(x[s, ...] for x in inputs), config, **options), B, workers)
+    return namespace(parts[0]).concat(parts, axis=0)
+
+
 def loss_and_grads(params, images, labels, config, *, workers=None, processes=None, **options):
-    """:func:`minicrate.models.classifier.loss_and_grads` with the batch split over ``workers`` chunks.
+    """:func:`minicrate.models.classifier.loss_and_grads` with the batch split over ``workers`` chunks
+    (:func:`split_grads`).
 
     Args:
         params, images, labels, config: as for :func:`minicrate.models.classifier.loss_and_grads`.
-        workers: number of chunks (``None``: :func:`default_workers`).
-        processes: run the chunks in worker processes (:mod:`minicrate.training.parallel.procpool`)
-            rather than threads; ``None``: processes on NumPy.
+        workers, processes: as for :func:`split_grads`.
         options: passed on to :func:`minicrate.models.classifier.loss_and_grads`.
 
     Returns:
@@ -130,27 +192,16 @@ def loss_and_grads(params, images, labels, config, *, workers=None, processes=No
     from minicrate.models.classifier import loss_and_grads as single
 
     check_batch(images, labels)
-    xp = namespace(images)
-    B = images.shape[0]
-    workers = default_workers(xp) if workers is None else int(workers)
-    if workers <= 1 or B < 2:
-        return single(params, images, labels, config, **options)
-    if processes is None:  # worker processes need POSIX pipes (pass_fds)
-        processes = backend_name(xp) == "numpy" and os.name == "posix"
-    if processes:
-        if backend_name(xp) != "numpy":
-            raise ValueError(f"processes=True needs NumPy arrays, got {backend_name(xp)}")
-        pool = process_pool(config, workers, sorted(options.items()))
-        return pool.loss_and_grads(params, images, labels)
+    return split_grads(single, params, (images, labels), config, options, workers=workers,
+                       processes=processes)
 
-    def run(s):
-        return s, single(params, images[s, ...], labels[s], config, **options)
 
-    results = map_chunks(run, B, workers)
-    # chunk i's mean covers n_i of the B images: weight n_i / B
-    loss, grads = weighted_combine([r for _, r in results], [s.stop - s.start for s, _ in results])
-    logits = xp.concat([r[1][2] for r in results], axis=0)
-    return loss, grads, logits
+def predict(params, images, config, *, workers=None, processes=None, **options):
+    """:func:`minicrate.models.classifier.predict` (logits, no cache) with the batch split over
+    ``workers`` chunks (:func:`split_map`)."""
+    from minicrate.models.classifier import predict as single
+
+    return split_map(single, params, (images,), config, options, workers=workers, processes=processes)
 
 
 def forward(params, images, config, *, workers=None, **options):
