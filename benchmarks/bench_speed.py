@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-r"""Speed and memory of minicrate against PyTorch eager (issue 8).
+r"""Speed and memory of minicrate against PyTorch eager and torch.compile (issue 8).
 
 What it does, in order, and prints as it goes:
 
@@ -11,16 +11,24 @@ What it does, in order, and prints as it goes:
    the best median is "the ceiling".  Measured before and after the model
    timings, so a busy machine shows up as two different ceilings.
 3. For each configuration and dtype: the **same weights** in minicrate and in
-   the PyTorch autograd model of :mod:`benchmarks.torch_crate`; the loss and
-   every gradient are compared (relative errors printed; the script stops if
-   they disagree beyond float tolerance).
-4. **Timing**: forward (training mode: minicrate keeps its cache, torch
-   records its graph) and forward+backward of the mean label-smoothed loss,
-   the two implementations **interleaved run by run** (the order alternates
+   the PyTorch autograd model of :mod:`benchmarks.torch_crate`, run twice:
+   eager ("torch") and through ``torch.compile`` ("torch.compile": inductor,
+   the whole loss as one graph; ``--no-compile`` leaves it out, and it is
+   skipped, with the reason printed, where compiling fails).  The compiled
+   model's first calls compile it; they are timed and reported on their own
+   and never enter the timings.  The loss and every gradient are compared:
+   minicrate against eager torch, and the compiled model against eager torch
+   (relative errors printed; the script stops if they disagree beyond float
+   tolerance).
+4. **Timing**: forward and forward+backward of the mean label-smoothed loss,
+   the implementations **interleaved run by run** (the order alternates
    every round, with a short pause between implementations so the other
-   library's idle BLAS/OpenMP threads stop spinning).  Medians, the spread
-   (25–75 %), the ratio of medians and the median of the per-round ratios
-   minicrate/torch, achieved GFLOP/s and the fraction of the ceiling.
+   library's idle BLAS/OpenMP threads stop spinning).  The forward is an
+   inference forward for the torch peers: under ``torch.inference_mode()``,
+   as an evaluation runs it (no autograd graph recorded); minicrate's forward
+   is :meth:`MinicrateRunner.forward`.  Medians, the spread (25–75 %), the
+   ratio of medians and the median of the per-round ratios minicrate/torch
+   and minicrate/torch.compile, achieved GFLOP/s and the fraction of the ceiling.
 5. **Peak memory** above the process baseline during one forward+backward,
    each implementation alone in a fresh subprocess (see ``memory_child``).
 
@@ -39,7 +47,8 @@ Usage::
     .venv/bin/python benchmarks/bench_speed.py                 # (a) and (b), float32 and float64
     .venv/bin/python benchmarks/bench_speed.py --configs b --dtypes float32 --rounds 15
     .venv/bin/python benchmarks/bench_speed.py --backend cupy --torch-device cuda --configs a,b,c
-    .venv/bin/python benchmarks/bench_speed.py --quick         # a smoke run in ~1 minute
+    .venv/bin/python benchmarks/bench_speed.py --quick         # a smoke run in a few minutes
+    .venv/bin/python benchmarks/bench_speed.py --no-compile    # eager torch only
 
 The machine this runs on may be shared: every number comes with its spread
 and the load average, and the figures should be re-measured on a quiet
@@ -344,7 +353,7 @@ def print_ceiling(title, results):
 
 
 # ---------------------------------------------------------------------------------------------
-# The two implementations
+# The implementations: minicrate and its torch peers (eager, compiled)
 # ---------------------------------------------------------------------------------------------
 
 def make_config(name, dtype):
@@ -371,7 +380,7 @@ VARIANTS = {
 
 
 class MinicrateRunner:
-    """minicrate on one backend: ``forward()`` (logits, cache and loss) and ``fwd_bwd()``.
+    """minicrate on one backend: ``forward()`` (inference: logits and loss) and ``fwd_bwd()``.
 
     The default variant is what minicrate trains with: the fused layer
     (:mod:`minicrate.layers.fused.encoder`) and, on NumPy, the batch split over the cores
@@ -416,13 +425,15 @@ class MinicrateRunner:
     finite_checks = False  # as minicrate.training.classifier runs the model (the loss is checked instead)
 
     def forward(self):
+        """The inference forward as ``evaluate`` runs it: :func:`minicrate.models.classifier.predict`
+        (no cache kept), the batch split as for training (worker processes on NumPy)."""
         with finite_checks(MinicrateRunner.finite_checks):
-            logits, caches = parallel.forward(self.params, self.images, self.config,
-                                              workers=self.workers, fast=self.fast)
+            logits = parallel.predict(self.params, self.images, self.config, workers=self.workers,
+                                      processes=self.processes, fast=self.fast)
             loss, _ = cross_entropy_forward(logits, self.labels,
                                             smoothing=self.config.label_smoothing)
         self.sync()
-        return loss, caches
+        return loss
 
     def fwd_bwd(self):
         with finite_checks(MinicrateRunner.finite_checks):
@@ -438,7 +449,12 @@ class MinicrateRunner:
 
 
 class TorchRunner:
-    """The PyTorch autograd reference with minicrate's weights."""
+    """The PyTorch autograd reference with minicrate's weights, eager.
+
+    ``forward()`` is an inference forward, under ``torch.inference_mode()`` as an evaluation
+    runs it (no autograd graph recorded); ``fwd_bwd()`` is a training step's forward and
+    backward.  Both go through ``self.loss_fn`` (the model's ``loss``, or its compiled form).
+    """
 
     label = "torch"
 
@@ -457,15 +473,21 @@ class TorchRunner:
         self.images = torch.from_numpy(images).to(device=device, dtype=getattr(torch, dtype))
         self.labels = torch.from_numpy(labels).to(device)
         self.sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+        self.loss_fn = self.model.loss
+
+    def describe(self):
+        return (f"{self.label}: eager nn.Module (benchmarks/torch_crate.py) on {self.device}; "
+                "forward under torch.inference_mode()")
 
     def forward(self):
-        loss = self.model.loss(self.images, self.labels)  # graph recorded, as in training
+        with self.torch.inference_mode():  # inference: no graph recorded
+            loss = self.loss_fn(self.images, self.labels)
         self.sync()
         return loss
 
     def fwd_bwd(self):
         self.model.zero_grad(set_to_none=True)
-        loss = self.model.loss(self.images, self.labels)
+        loss = self.loss_fn(self.images, self.labels)
         loss.backward()
         self.sync()
         return loss
@@ -477,12 +499,130 @@ class TorchRunner:
         return loss.item(), grads_as_minicrate(self.model, self.params_ref)
 
 
+class CompiledTorchRunner(TorchRunner):
+    """The same model through ``torch.compile``: inductor, the whole loss as one graph
+    (``fullgraph=True``: a graph break is an error, not a silent fallback to eager).
+
+    Compiling is lazy: the first inference forward compiles one graph, the first training
+    step another (forward and backward).  :func:`compile_peer` makes those calls and times
+    them before anything is measured.
+    """
+
+    label = "torch.compile"
+
+    def __init__(self, name, dtype, params, device="cpu", seed=0):
+        super().__init__(name, dtype, params, device, seed)
+        self.loss_fn = compile_fn(self.torch, self.model.loss)
+
+    def describe(self):
+        return (f"{self.label}: the same nn.Module, torch.compile(loss, backend='inductor', "
+                f"fullgraph=True) on {self.device}; forward under torch.inference_mode()")
+
+
+TORCH_PEERS = ("torch", "torch.compile")  # the labels of the torch runners
+
+
+def compile_fn(torch, fn):
+    """``fn`` compiled by inductor as one graph (compiling happens at the first call)."""
+    return torch.compile(fn, backend="inductor", fullgraph=True)
+
+
+def first_calls(runner):
+    """Seconds of the first two calls of each phase, ``{phase: {"first_s", "second_s"}}``.
+
+    The first call of a compiled runner compiles (and runs once), so it is the
+    compilation time; the second shows the compiled speed it settles to."""
+    out = {}
+    for phase, fn in (("forward", runner.forward), ("fwd+bwd", runner.fwd_bwd)):
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[phase] = {"first_s": times[0], "second_s": times[1]}
+    return out
+
+
+def compile_peer(make):
+    """``(runner, report)``: the compiled runner ``make()`` builds, after its compiling first
+    calls (:func:`first_calls`), and a report of the compilation times; ``(None, report)``
+    with the reason, printed, when compiling fails (no C++ compiler, no Triton on a GPU,
+    an operation inductor cannot compile)."""
+    t0 = time.perf_counter()
+    try:
+        runner = make()
+        calls = first_calls(runner)
+    except Exception as err:  # whatever inductor raises: the comparison goes on without it
+        reason = f"{type(err).__name__}: {_first_line(err)}"
+        print(f"  torch.compile skipped: compiling failed ({reason})")
+        _reset_dynamo()
+        return None, {"skipped": reason}
+    report = {"backend": "inductor", "fullgraph": True, "phases": calls,
+              "total_s": time.perf_counter() - t0, "caches": compile_caches()}
+    f, fb = calls["forward"], calls["fwd+bwd"]
+    print(f"  torch.compile: compiled on the first calls (excluded from the timings): inference "
+          f"forward {f['first_s']:.1f} s, training step {fb['first_s']:.1f} s, "
+          f"{report['total_s']:.1f} s in all; the second calls took "
+          f"{f['second_s'] * 1e3:.1f} ms and {fb['second_s'] * 1e3:.1f} ms")
+    caches = report["caches"]
+    if caches.get("fx_graph_cache") or caches.get("autograd_cache"):
+        print(f"    (inductor's on-disk caches are on, in {caches.get('dir')}: a graph compiled "
+              "by an earlier run compiles faster)")
+    return runner, report
+
+
+def compile_caches():
+    """Which of inductor's on-disk compilation caches are on, and where (they make a second
+    run's compilation shorter than the first's)."""
+    try:
+        import torch._functorch.config as functorch_config
+        import torch._inductor.config as inductor_config
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        return {"fx_graph_cache": bool(inductor_config.fx_graph_cache),
+                "autograd_cache": bool(functorch_config.enable_autograd_cache),
+                "dir": cache_dir()}
+    except Exception as err:  # private modules: moved or renamed in another torch version
+        return {"unknown": _first_line(err)}
+
+
+def _first_line(err, limit=300):
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if lines else repr(err)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _reset_dynamo():
+    """Forget a failed compilation's caches (so it is not retried by a later call)."""
+    try:
+        import torch
+
+        torch._dynamo.reset()
+    except Exception:  # reset is best effort: nothing compiled is used after a failure
+        pass
+
+
 def compare(mc, tc):
     """Relative errors of minicrate's loss and gradients against torch's (‖g_mc − g_t‖ / ‖g_t‖)."""
     loss_m, grads_m = mc.loss_and_grads_host()
     loss_t, grads_t = tc.loss_and_grads_host()
     return {"loss_minicrate": loss_m, "loss_torch": loss_t,
             **_errors(loss_m, grads_m, loss_t, grads_t)}
+
+
+def compare_compiled(tcc, tc):
+    """Relative errors of the compiled model's loss and gradients against eager torch's."""
+    loss_c, grads_c = tcc.loss_and_grads_host()
+    loss_t, grads_t = tc.loss_and_grads_host()
+    return {"loss_compiled": loss_c, "loss_eager": loss_t,
+            **_errors(loss_c, grads_c, loss_t, grads_t)}
+
+
+def agrees(check, dtype):
+    """Whether a :func:`compare` result lies within :data:`TOLERANCE` for ``dtype``."""
+    tol, worst = TOLERANCE[dtype]["tol"], TOLERANCE[dtype]["worst"]
+    return (check["loss_rel_error"] <= tol and check["grad_median_rel_error"] <= tol
+            and check["grad_max_rel_error"] <= worst)
 
 
 def _errors(loss, grads, ref_loss, ref_grads):
@@ -497,9 +637,10 @@ def _errors(loss, grads, ref_loss, ref_grads):
             "grad_median_rel_error": statistics.median(errs.values())}
 
 
-def float64_reference(mc, tc):
-    """Both float32 implementations against minicrate in float64 on the same weights and
-    float32-rounded images: how far float32 arithmetic alone takes each from the exact result."""
+def float64_reference(mc, *peers):
+    """The float32 implementations (minicrate and the torch ``peers``) against minicrate in
+    float64 on the same weights and float32-rounded images: how far float32 arithmetic alone
+    takes each from the exact result."""
     xp = mc.xp
     params64 = {k: host_to(xp, to_numpy(v), "float64") for k, v in mc.params.items()}
     ref = MinicrateRunner(mc.config_name, "float64", mc.backend, params=params64,
@@ -507,9 +648,8 @@ def float64_reference(mc, tc):
     ref.images = host_to(xp, to_numpy(mc.images), "float64")
     ref_loss, ref_grads = ref.loss_and_grads_host()
     out = {}
-    for runner in (mc, tc):
-        if runner is not None:
-            out[runner.label] = _errors(*runner.loss_and_grads_host(), ref_loss, ref_grads)
+    for runner in (mc, *peers):
+        out[runner.label] = _errors(*runner.loss_and_grads_host(), ref_loss, ref_grads)
     return out
 
 
@@ -591,7 +731,7 @@ def _status_kb(field):
 def memory_child(spec):
     r"""Run in a fresh process: peak resident memory above baseline of one forward+backward.
 
-    Method (the same for both implementations): glibc's ``malloc`` is told to
+    Method (the same for every implementation): glibc's ``malloc`` is told to
     serve every allocation above 64 KiB by ``mmap`` (``MALLOC_MMAP_THRESHOLD_``,
     set by the parent) so freed arrays go back to the kernel and the resident
     set size (RSS) follows the live arrays.  After imports, weights, the batch
@@ -609,15 +749,16 @@ def memory_child(spec):
     mc = MinicrateRunner(name, dtype, "numpy", seed=0,
                          variant=impl if impl in VARIANTS else "minicrate", max_workers=threads)
     runner = mc
-    if impl == "torch":
+    if impl in TORCH_PEERS:
         params = {k: to_numpy(v) for k, v in mc.params.items()}
         del mc
-        runner = TorchRunner(name, dtype, params, "cpu")
+        runner = (CompiledTorchRunner if impl == "torch.compile" else TorchRunner)(
+            name, dtype, params, "cpu")
         del params
-    for _ in range(2):
+    for _ in range(2):  # the compiled model compiles in the first
         result = runner.fwd_bwd()
         del result
-    if impl == "torch":
+    if impl in TORCH_PEERS:
         runner.model.zero_grad(set_to_none=True)
     gc.collect()
     baseline = _status_kb("VmRSS")
@@ -627,7 +768,7 @@ def memory_child(spec):
     except OSError:
         reset = False
     hwm_before = _status_kb("VmHWM")
-    pool = parallel.current_pool() if impl != "torch" else None
+    pool = parallel.current_pool() if impl not in TORCH_PEERS else None
     if pool is not None:  # worker processes: their peaks above their own baselines count too
         pool.reset_peak_memory()
     result = runner.fwd_bwd()
@@ -637,7 +778,7 @@ def memory_child(spec):
     out = {"impl": impl, "config": name, "dtype": dtype, "baseline_mb": baseline / 1024,
            "peak_above_baseline_mb": (peak - baseline + workers_kb) / 1024, "hwm_reset": reset,
            "hwm_before_mb": hwm_before / 1024, "worker_processes_mb": workers_kb / 1024}
-    if impl != "torch":
+    if impl not in TORCH_PEERS:
         import tracemalloc
 
         gc.collect()
@@ -688,12 +829,13 @@ class _CupyPeak:
         return (self.peak - base) / 2**20
 
 
-def gpu_memory(mc, tc):
-    """Peak device memory above baseline: CuPy pool bytes in use vs torch's allocated bytes."""
+def gpu_memory(mc, peers):
+    """Peak device memory above baseline: CuPy pool bytes in use vs torch's allocated bytes,
+    ``{"minicrate": MB, <peer label>: MB, ...}``."""
     out = {}
     if mc is not None:
         out["minicrate"] = _CupyPeak().measure(mc.fwd_bwd)
-    if tc is not None:
+    for tc in peers:
         torch = tc.torch
         tc.model.zero_grad(set_to_none=True)
         gc.collect()
@@ -701,7 +843,7 @@ def gpu_memory(mc, tc):
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         tc.fwd_bwd()
-        out["torch"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        out[tc.label] = (torch.cuda.max_memory_allocated() - base) / 2**20
     return out
 
 
@@ -730,154 +872,233 @@ def _gflop(f):
     return {"forward": f["forward"] / 1e9, "fwd+bwd": (f["forward"] + f["backward"]) / 1e9}
 
 
+PHASES_LINE = ("  phases: forward = inference (the torch peers under torch.inference_mode(), no "
+               "autograd graph recorded; minicrate: MinicrateRunner.forward); fwd+bwd = a "
+               "training step's forward and backward")
+
+
 def run_config(name, dtype, args, torch_mod, ceilings, torch_ceilings):
+    """Build, check, time and measure one configuration in one dtype: a row of the results."""
     cfg = CONFIGS[name]
     runners = [MinicrateRunner(name, dtype, args.backend, seed=0, variant=v,
                                max_workers=args.threads) for v in args.variants]
     mc = runners[0]
     for r in runners[1:]:
         r.params = mc.params  # one set of weights
-    tc = None
-    if torch_mod is not None:
-        host_params = {k: to_numpy(v) for k, v in mc.params.items()}
-        tc = TorchRunner(name, dtype, host_params, args.torch_device)
+    host_params = {k: to_numpy(v) for k, v in mc.params.items()}
+    tc = TorchRunner(name, dtype, host_params, args.torch_device) if torch_mod is not None else None
     N = (cfg["image_size"] // cfg["patch_size"]) ** 2 + 1
     print(f"\n== config ({name}) {dtype}: {cfg['image_size']}x{cfg['image_size']}x"
           f"{cfg['channels']}, patch {cfg['patch_size']}, d {cfg['dim']}, depth {cfg['depth']}, "
           f"{cfg['heads']} heads, "
           f"batch {cfg['batch']}, {N} tokens, {mc_model.param_count(mc.config):,} parameters")
+    print(PHASES_LINE)
     executed = {"torch": _gflop(model_flops(cfg))}
     for r in runners:
         executed[r.label] = _gflop(minicrate_flops(cfg, fast=r.fast))
         print(f"  {r.describe()}")
+    tcc, compile_report = None, None
+    if tc is not None:
+        print(f"  {tc.describe()}")
+        tcc, compile_report = compiled_peer(args, lambda: CompiledTorchRunner(
+            name, dtype, host_params, args.torch_device))
+    peers = [p for p in (tc, tcc) if p is not None]
+    if tcc is not None:
+        executed[tcc.label] = executed["torch"]  # inductor fuses elementwise work, not products
+        print(f"  {tcc.describe()}")
     print(f"  GEMM GFLOP per batch, fwd / fwd+bwd: official form (as torch runs it) "
           f"{executed['torch']['forward']:.2f} / {executed['torch']['fwd+bwd']:.2f}; "
           "minicrate executes "
           + ", ".join(f"{executed[r.label]['forward']:.2f} / {executed[r.label]['fwd+bwd']:.2f}"
                       + (f" ({r.label})" if len(runners) > 1 else "") for r in runners))
     row = {"config": name, "dtype": dtype, "batch": cfg["batch"], "model_gflop": executed["torch"],
-           "executed_gflop": executed, "variants": [r.describe() for r in runners]}
+           "executed_gflop": executed, "variants": [r.describe() for r in runners],
+           "peers": [p.describe() for p in peers], "compile": compile_report}
     if tc is not None:
-        check = compare(mc, tc)
-        row["check"] = check
-        tol, worst = TOLERANCE[dtype]["tol"], TOLERANCE[dtype]["worst"]
-        ok = (check["loss_rel_error"] <= tol and check["grad_median_rel_error"] <= tol
-              and check["grad_max_rel_error"] <= worst)
-        print(f"  same weights: loss {check['loss_minicrate']:.6f} (minicrate) vs "
-              f"{check['loss_torch']:.6f} (torch), rel. error {check['loss_rel_error']:.1e}; "
-              "gradients: max rel. error "
-              f"{check['grad_max_rel_error']:.1e} ({check['grad_worst_param']}), median "
-              f"{check['grad_median_rel_error']:.1e} -> {'agree' if ok else 'DISAGREE'} "
-              f"(tolerance {tol:g}, worst parameter {worst:g})")
-        if dtype == "float32":
-            ref = float64_reference(mc, tc)
-            row["check"]["float64_reference"] = ref
-            print("  against float64 minicrate on the same (float32-rounded) inputs: "
-                  + "; ".join(f"{who} loss rel. error {v['loss_rel_error']:.1e}, gradients max "
-                              f"{v['grad_max_rel_error']:.1e} ({v['grad_worst_param']}), median "
-                              f"{v['grad_median_rel_error']:.1e}" for who, v in ref.items()))
-        if not ok and not args.no_check:
-            raise SystemExit("minicrate and torch disagree; not timing "
-                             "(use --no-check to time anyway)")
-    everyone = runners + ([tc] if tc is not None else [])
+        row["check"] = check_agreement(mc, tc, tcc, dtype, args.no_check)
+    everyone = runners + peers
     load0 = os.getloadavg()
     samples = time_interleaved(everyone, rounds=args.rounds, settle=args.settle)
     row["loadavg"] = [load0, os.getloadavg()]
-    row["timing"] = {}
     print(f"  timing: {args.rounds} interleaved rounds, load average {_fmt_load(load0)} -> "
           f"{_fmt_load(os.getloadavg())}")
-    width = max(len(r.label) for r in everyone)
-    print(f"  {'phase':8s} {'impl':{width}s} {'median ms':>10s} {'25-75% ms':>17s} {'min ms':>9s} "
-          f"{'CPU ms':>9s} {'model GF/s':>10s} {'exec GF/s':>9s} {'% ceiling':>9s}")
-    for phase, per_both in samples.items():
-        per = {label: [w for w, _ in xs] for label, xs in per_both.items()}
-        cpu = {label: [c for _, c in xs] for label, xs in per_both.items()}
-        entry = {}
-        for r in everyone:
-            q1, med, q3 = _quartiles(per[r.label])
-            gf_model = row["model_gflop"][phase] / med
-            gf_exec = executed[r.label][phase] / med
-            ceil = (torch_ceilings or ceilings)[dtype] if r is tc else ceilings[dtype]
-            best = min(per[r.label])
-            cpu_med = statistics.median(cpu[r.label])
-            entry[r.label] = {"median_ms": med * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
-                              "min_ms": best * 1e3, "cpu_median_ms": cpu_med * 1e3,
-                              "model_gflops": gf_model, "executed_gflops": gf_exec,
-                              "ceiling_fraction": gf_exec / ceil,
-                              "samples_ms": [x * 1e3 for x in per[r.label]],
-                              "cpu_samples_ms": [x * 1e3 for x in cpu[r.label]]}
-            print(f"  {phase:8s} {r.label:{width}s} {med * 1e3:10.2f} "
-                  f"{q1 * 1e3:8.2f}-{q3 * 1e3:8.2f} {best * 1e3:9.2f} {cpu_med * 1e3:9.2f} "
-                  f"{gf_model:10.1f} {gf_exec:9.1f} "
-                  f"{100 * gf_exec / ceil:8.1f}%")
-        if tc is not None:
-            for r in runners:
-                e = entry[r.label]
-                ratios = [a / b for a, b in zip(per[r.label], per["torch"], strict=True)]
-                rq1, rmed, rq3 = _quartiles(ratios)
-                e["paired_ratio"] = {"median": rmed, "q1": rq1, "q3": rq3}
-                e["ratio_of_medians"] = e["median_ms"] / entry["torch"]["median_ms"]
-                e["ratio_of_minima"] = e["min_ms"] / entry["torch"]["min_ms"]
-                e["cpu_ratio"] = e["cpu_median_ms"] / entry["torch"]["cpu_median_ms"]
-                print(f"  {phase:8s} {r.label}/torch: per-round ratios median {rmed:.3f} "
-                      f"(25-75% {rq1:.3f}-{rq3:.3f}); ratio of medians "
-                      f"{e['ratio_of_medians']:.3f}; "
-                      f"of minima {e['ratio_of_minima']:.3f}; of CPU times {e['cpu_ratio']:.3f}")
-        row["timing"][phase] = entry
-    if args.memory and args.backend == "torch":
-        print("  (no memory figure for minicrate on torch tensors)")
-    elif args.memory:
-        if args.backend == "numpy" and args.torch_device == "cpu":
-            mem = {"minicrate": measure_memory(mc.label, name, dtype, args.threads)}
-            if tc is not None:
-                mem["torch"] = measure_memory("torch", name, dtype, args.threads)
-            row["memory"] = mem
-            mcm = mem["minicrate"]["peak_above_baseline_mb"]
-            line = (f"  peak memory above baseline, fwd+bwd (RSS, fresh process each): "
-                    f"{mc.label} {mcm:.1f} MB (NumPy tracemalloc peak "
-                    f"{mem['minicrate']['tracemalloc_peak_mb']:.1f} MB)")
-            if "torch" in mem:
-                tm = mem["torch"]["peak_above_baseline_mb"]
-                row["memory_ratio"] = mcm / tm
-                line += f", torch {tm:.1f} MB, ratio {mcm / tm:.3f}"
-            print(line)
-        else:
-            mem = gpu_memory(mc, tc)
-            row["memory"] = mem
-            line = (f"  peak device memory above baseline, fwd+bwd: minicrate "
-                    f"{mem['minicrate']:.1f} MB")
-            if "torch" in mem:
-                row["memory_ratio"] = mem["minicrate"] / mem["torch"]
-                line += f", torch {mem['torch']:.1f} MB, ratio {row['memory_ratio']:.3f}"
-            print(line)
+    ceiling = {r.label: ((torch_ceilings or ceilings) if r in peers else ceilings)[dtype]
+               for r in everyone}
+    row["timing"] = timing_summary(samples, runners, peers, executed, row["model_gflop"], ceiling)
+    row.update(row_memory(args, name, dtype, mc, peers))
     return row
 
 
+def compiled_peer(args, make):
+    """``(compiled runner or None, report)``; ``--no-compile`` leaves it out."""
+    if not args.compile:
+        print("  torch.compile: off (--no-compile)")
+        return None, {"skipped": "--no-compile"}
+    return compile_peer(make)
+
+
+def check_agreement(mc, tc, tcc, dtype, no_check):
+    """One step of each, on the same weights: minicrate against eager torch, the compiled model
+    (if any) against eager torch and, in float32, everyone against float64 minicrate.
+
+    Stops the script (``SystemExit``) on a disagreement unless ``no_check``; returns the check
+    for the results row."""
+    check = compare(mc, tc)
+    ok = agrees(check, dtype)
+    tol, worst = TOLERANCE[dtype]["tol"], TOLERANCE[dtype]["worst"]
+    print(f"  same weights: loss {check['loss_minicrate']:.6f} (minicrate) vs "
+          f"{check['loss_torch']:.6f} (torch), rel. error {check['loss_rel_error']:.1e}; "
+          f"gradients: {_grad_errors(check)} -> {'agree' if ok else 'DISAGREE'} "
+          f"(tolerance {tol:g}, worst parameter {worst:g})")
+    failed = [] if ok else ["minicrate and torch"]
+    if tcc is not None:
+        cc = compare_compiled(tcc, tc)
+        check["compiled_vs_eager"] = cc
+        ok_c = agrees(cc, dtype)
+        print(f"  torch.compile against eager torch: loss {cc['loss_compiled']:.6f} vs "
+              f"{cc['loss_eager']:.6f}, rel. error {cc['loss_rel_error']:.1e}; gradients: "
+              f"{_grad_errors(cc)} -> {'agree' if ok_c else 'DISAGREE'}")
+        failed += [] if ok_c else ["torch.compile and eager torch"]
+    if dtype == "float32":
+        ref = float64_reference(mc, *(p for p in (tc, tcc) if p is not None))
+        check["float64_reference"] = ref
+        print("  against float64 minicrate on the same (float32-rounded) inputs: "
+              + "; ".join(f"{who} loss rel. error {v['loss_rel_error']:.1e}, gradients "
+                          f"{_grad_errors(v)}" for who, v in ref.items()))
+    if failed and not no_check:
+        raise SystemExit(f"{' and '.join(failed)} disagree; not timing "
+                         "(use --no-check to time anyway)")
+    return check
+
+
+def _grad_errors(check):
+    return (f"max rel. error {check['grad_max_rel_error']:.1e} ({check['grad_worst_param']}), "
+            f"median {check['grad_median_rel_error']:.1e}")
+
+
+def phase_stats(pairs):
+    """Wall and CPU statistics (ms) of one runner in one phase from ``[(wall s, cpu s), ...]``."""
+    wall, cpu = [w for w, _ in pairs], [c for _, c in pairs]
+    q1, med, q3 = _quartiles(wall)
+    return {"median_ms": med * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
+            "min_ms": min(wall) * 1e3, "cpu_median_ms": statistics.median(cpu) * 1e3,
+            "samples_ms": [x * 1e3 for x in wall], "cpu_samples_ms": [x * 1e3 for x in cpu]}
+
+
+def ratios(entry, label, ref):
+    """Time ratios ``label``/``ref`` of one phase from :func:`phase_stats` entries: the median
+    (and quartiles) of the per-round ratios, and the ratios of medians, minima and CPU times."""
+    e, t = entry[label], entry[ref]
+    per_round = [a / b for a, b in zip(e["samples_ms"], t["samples_ms"], strict=True)]
+    q1, med, q3 = _quartiles(per_round)
+    return {"paired_ratio": {"median": med, "q1": q1, "q3": q3},
+            "ratio_of_medians": e["median_ms"] / t["median_ms"],
+            "ratio_of_minima": e["min_ms"] / t["min_ms"],
+            "cpu_ratio": e["cpu_median_ms"] / t["cpu_median_ms"]}
+
+
+def print_ratios(phase, label, ref, r):
+    p = r["paired_ratio"]
+    print(f"  {phase:8s} {label}/{ref}: per-round ratios median {p['median']:.3f} "
+          f"(25-75% {p['q1']:.3f}-{p['q3']:.3f}); ratio of medians {r['ratio_of_medians']:.3f}; "
+          f"of minima {r['ratio_of_minima']:.3f}; of CPU times {r['cpu_ratio']:.3f}")
+
+
+def timing_summary(samples, runners, peers, executed, model_gflop, ceiling):
+    """Print the timing table and the ratios; return ``{phase: {label: entry}}``.
+
+    Each minicrate entry has ``"vs"``, its ratios against every torch peer
+    (:func:`ratios`), and, as before the compiled peer existed, the ratios against eager
+    torch at its top level."""
+    everyone = runners + peers
+    width = max(len(r.label) for r in everyone)
+    print(f"  {'phase':8s} {'impl':{width}s} {'median ms':>10s} {'25-75% ms':>17s} {'min ms':>9s} "
+          f"{'CPU ms':>9s} {'model GF/s':>10s} {'exec GF/s':>9s} {'% ceiling':>9s}")
+    timing = {}
+    for phase, per_runner in samples.items():
+        entry = {}
+        for r in everyone:
+            e = entry[r.label] = phase_stats(per_runner[r.label])
+            med = e["median_ms"] / 1e3
+            e["model_gflops"] = model_gflop[phase] / med
+            e["executed_gflops"] = executed[r.label][phase] / med
+            e["ceiling_fraction"] = e["executed_gflops"] / ceiling[r.label]
+            print(f"  {phase:8s} {r.label:{width}s} {e['median_ms']:10.2f} "
+                  f"{e['q1_ms']:8.2f}-{e['q3_ms']:8.2f} {e['min_ms']:9.2f} "
+                  f"{e['cpu_median_ms']:9.2f} {e['model_gflops']:10.1f} "
+                  f"{e['executed_gflops']:9.1f} {100 * e['ceiling_fraction']:8.1f}%")
+        for r in runners:
+            entry[r.label]["vs"] = {p.label: ratios(entry, r.label, p.label) for p in peers}
+            if peers:
+                entry[r.label].update(entry[r.label]["vs"][peers[0].label])
+            for p in peers:
+                print_ratios(phase, r.label, p.label, entry[r.label]["vs"][p.label])
+        timing[phase] = entry
+    return timing
+
+
+def row_memory(args, name, dtype, mc, peers):
+    """Peak memory of one forward+backward (``--no-memory``: nothing) as results-row fields:
+    ``memory`` per implementation, ``memory_ratio`` (minicrate/eager torch) and
+    ``memory_ratios`` (minicrate/each torch peer)."""
+    if not args.memory:
+        return {}
+    if args.backend == "torch":
+        print("  (no memory figure for minicrate on torch tensors)")
+        return {}
+    on_cpu = args.backend == "numpy" and args.torch_device == "cpu"
+    if on_cpu:
+        mem = {"minicrate": measure_memory(mc.label, name, dtype, args.threads)}
+        for p in peers:
+            try:
+                mem[p.label] = measure_memory(p.label, name, dtype, args.threads)
+            except RuntimeError as err:  # e.g. compiling failed in the fresh process
+                print(f"  no memory figure for {p.label}: {_first_line(err)}")
+        peers = [p for p in peers if p.label in mem]
+        mb = {k: v["peak_above_baseline_mb"] for k, v in mem.items()}
+        line = (f"  peak memory above baseline, fwd+bwd (RSS, fresh process each): "
+                f"{mc.label} {mb['minicrate']:.1f} MB (NumPy tracemalloc peak "
+                f"{mem['minicrate']['tracemalloc_peak_mb']:.1f} MB)")
+    else:
+        mem = mb = gpu_memory(mc, peers)
+        line = (f"  peak device memory above baseline, fwd+bwd: minicrate "
+                f"{mb['minicrate']:.1f} MB")
+    out = {"memory": mem}
+    out["memory_ratios"] = {p.label: mb["minicrate"] / mb[p.label] for p in peers}
+    if "torch" in out["memory_ratios"]:
+        out["memory_ratio"] = out["memory_ratios"]["torch"]
+    line += "".join(f", {p.label} {mb[p.label]:.1f} MB (ratio {out['memory_ratios'][p.label]:.3f})"
+                    for p in peers)
+    print(line)
+    return out
+
+
 def markdown_table(rows, info, ceilings):
-    """A results table for the README (the first minicrate variant against torch)."""
-    lines = ["| config | dtype | fwd ms minicrate / torch | ratio | fwd+bwd ms minicrate / torch | "
-             "ratio | peak MB minicrate / torch | ratio | minicrate GFLOP/s | % of GEMM ceiling |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    nan = float("nan")
+    """A results table for the README: the first minicrate variant against eager torch and
+    torch.compile (a missing peer is a dash)."""
+    lines = ["| config | dtype | fwd ms minicrate / torch / compiled | ratio torch / compiled | "
+             "fwd+bwd ms minicrate / torch / compiled | ratio torch / compiled | "
+             "peak MB minicrate / torch / compiled | ratio torch / compiled | minicrate GFLOP/s | "
+             "% of GEMM ceiling | compile s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        f, fb = r["timing"]["forward"], r["timing"]["fwd+bwd"]
-        label = next(k for k in fb if k != "torch")
-        t = "torch" in fb
+        fb = r["timing"]["fwd+bwd"]
+        label = next(k for k in fb if k not in TORCH_PEERS)
+        cells = [f"({r['config']})", r["dtype"]]
+        for phase in ("forward", "fwd+bwd"):
+            t = r["timing"][phase]
+            cells.append(" / ".join(_num(t.get(k, {}).get("median_ms"), 1)
+                                    for k in (label, *TORCH_PEERS)))
+            cells.append(" / ".join(_num(t[label].get("vs", {}).get(k, {})
+                                         .get("paired_ratio", {}).get("median"), 2)
+                                    for k in TORCH_PEERS))
         mem = r.get("memory", {})
-
-        def mb(x):
-            return x["peak_above_baseline_mb"] if isinstance(x, dict) else x
-
-        mem_cell = (f"{mb(mem['minicrate']):.0f} / {mb(mem['torch']):.0f}" if "torch" in mem
-                    else (f"{mb(mem['minicrate']):.0f} / –" if mem else "–"))
-        lines.append(
-            f"| ({r['config']}) | {r['dtype']} | {f[label]['median_ms']:.1f} / "
-            f"{f['torch']['median_ms'] if t else nan:.1f} | "
-            f"{f[label]['paired_ratio']['median'] if t else nan:.2f} | "
-            f"{fb[label]['median_ms']:.1f} / {fb['torch']['median_ms'] if t else nan:.1f} | "
-            f"{fb[label]['paired_ratio']['median'] if t else nan:.2f} | {mem_cell} | "
-            f"{r.get('memory_ratio', nan):.2f} | {fb[label]['executed_gflops']:.0f} | "
-            f"{100 * fb[label]['ceiling_fraction']:.0f}% |")
+        mb = {k: v["peak_above_baseline_mb"] if isinstance(v, dict) else v for k, v in mem.items()}
+        cells.append(" / ".join(_num(mb.get(k), 0) for k in ("minicrate", *TORCH_PEERS)))
+        cells.append(" / ".join(_num(r.get("memory_ratios", {}).get(k), 2) for k in TORCH_PEERS))
+        cells += [f"{fb[label]['executed_gflops']:.0f}",
+                  f"{100 * fb[label]['ceiling_fraction']:.0f}%", _compile_cell(r.get("compile"))]
+        lines.append("| " + " | ".join(cells) + " |")
     pools = info.get("threadpools")
     blas = ", ".join(f"{p['internal_api']} {p['version']} ({p.get('architecture')}, "
                      f"{p['num_threads']} thr)" for p in pools) if isinstance(pools, list) else "?"
@@ -887,8 +1108,29 @@ def markdown_table(rows, info, ceilings):
     lines.append(f"{info['cpu']}, {info['cores_usable']} cores; NumPy {info['numpy']} with {blas}; "
                  f"torch {torch_info.get('version', '–')} ({torch_info.get('blas', '–')}, "
                  f"{torch_info.get('threads', '–')} threads); NumPy GEMM ceiling GFLOP/s: {ceil}. "
-                 "Ratios: medians of per-round ratios, implementations interleaved run by run.")
+                 "Ratios: minicrate/peer, medians of per-round ratios, implementations interleaved "
+                 "run by run; forward: inference (torch under torch.inference_mode()); compile s: "
+                 "torch.compile's first calls (inference forward + training step), not in the "
+                 "timings.")
     return "\n".join(lines)
+
+
+def _num(x, digits):
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _compile_cell(report):
+    if not report or "phases" not in report:
+        return "–"
+    return f"{sum(p['first_s'] for p in report['phases'].values()):.0f}"
+
+
+def write_json(path, results):
+    """Write ``results`` (written again as rows are added) to ``path`` through a temporary file,
+    so the file on disk is always a whole JSON document."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    tmp.replace(path)
 
 
 def main(argv=None):
@@ -902,6 +1144,8 @@ def main(argv=None):
     p.add_argument("--torch-device", default=None,
                    help="cpu or cuda (default: cuda with --backend cupy)")
     p.add_argument("--no-torch", action="store_true", help="time minicrate alone")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="leave out the torch.compile peer (eager torch only)")
     p.add_argument("--variants", default="minicrate",
                    help="comma list of minicrate variants to time: " + ", ".join(VARIANTS))
     p.add_argument("--rounds", type=int, default=None,
@@ -985,6 +1229,8 @@ def main(argv=None):
     torch_ceilings = {d: ceiling_of(rows) for d, rows in torch_ceil.items()} if torch_ceil else None
 
     rows = []
+    results = {"system": info, "ceiling_before": ceil_before, "ceiling_one_thread": ceil_one,
+               "ceiling_after": None, "torch_ceiling": torch_ceil, "results": rows}
     for name in names:
         for dtype in dtypes:
             if args.quick and name == "b" and dtype == "float64":
@@ -995,6 +1241,8 @@ def main(argv=None):
                 rounds = args.rounds
             sub = argparse.Namespace(**{**vars(args), "rounds": rounds})
             rows.append(run_config(name, dtype, sub, torch_mod, ceilings, torch_ceilings))
+            if args.json:  # after every row: a run stopped by a time limit keeps what it measured
+                write_json(args.json, results)
 
     ceil_after = measure_ceiling(shapes, dtypes, lib=lib, cupy_mod=cupy_mod)
     print()
@@ -1003,10 +1251,8 @@ def main(argv=None):
     if args.markdown:
         print("\n" + markdown_table(rows, info, ceilings))
     if args.json:
-        args.json.write_text(json.dumps({"system": info, "ceiling_before": ceil_before,
-                                         "ceiling_one_thread": ceil_one,
-                                         "ceiling_after": ceil_after, "torch_ceiling": torch_ceil,
-                                         "results": rows}, indent=1, default=str))
+        results["ceiling_after"] = ceil_after
+        write_json(args.json, results)
         print(f"wrote {args.json}")
     return 0
 

@@ -149,17 +149,17 @@ def from_config(config, *, device="cpu", dtype=None):
 # minicrate key -> (torch parameter name, how to convert minicrate -> torch).  U is (K, d, p) in
 # minicrate and the rows of qkv.weight (K·p, d) in torch: qkv.weight[k·p + j, i] = U[k, i, j].
 
-def _u_to_qkv(U):
+def u_to_qkv(U):
     K, d, p = U.shape
     return U.transpose(0, 2, 1).reshape(K * p, d)
 
 
-def _qkv_to_u(W, K):
+def qkv_to_u(W, K):
     Kp, d = W.shape
     return W.reshape(K, Kp // K, d).transpose(0, 2, 1)
 
 
-def _mapping(model):
+def weight_mapping(model):
     """Pairs (minicrate key, torch parameter name) for every parameter of ``model``."""
     pairs = [
         ("embed.ln_in_gamma", "embed_ln_in.weight"), ("embed.ln_in_beta", "embed_ln_in.bias"),
@@ -189,7 +189,7 @@ def load_minicrate_params(model, params):
     """
     from minicrate.core.backend import to_numpy
 
-    pairs = _mapping(model)
+    pairs = weight_mapping(model)
     wanted = {m for m, _ in pairs}
     if set(params) != wanted:
         raise KeyError(f"parameter keys differ: only in minicrate {sorted(set(params) - wanted)}, "
@@ -199,7 +199,7 @@ def load_minicrate_params(model, params):
         for mkey, tkey in pairs:
             value = to_numpy(params[mkey])
             if mkey.endswith(".U"):
-                value = _u_to_qkv(value)
+                value = u_to_qkv(value)
             target = named[tkey]
             value = np.ascontiguousarray(value).reshape(tuple(target.shape))
             target.copy_(torch.from_numpy(value).to(dtype=target.dtype, device=target.device))
@@ -209,11 +209,11 @@ def load_minicrate_params(model, params):
 def grads_as_minicrate(model, params):
     """The ``.grad`` of every parameter as NumPy arrays keyed and shaped like ``params``."""
     out = {}
-    for mkey, tkey in _mapping(model):
+    for mkey, tkey in weight_mapping(model):
         g = dict(model.named_parameters())[tkey].grad
         g = g.detach().cpu().numpy()
         shape = tuple(params[mkey].shape)
         if mkey.endswith(".U"):
-            g = _qkv_to_u(g, shape[0])
+            g = qkv_to_u(g, shape[0])
         out[mkey] = g.reshape(shape)
     return out

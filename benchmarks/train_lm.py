@@ -1,10 +1,10 @@
 """Benchmark: character-level CRATE language models on Shakespeare within a wall-time budget.
 
-Issue 10's figures:
+Issue 10's figures, with issue 21's shorter budget:
 
-* causal model: validation cross-entropy <= 1.9 nats/char within 10 minutes on
-  2 cores (the whole script's wall time for that model, data loading and
-  evaluations included); report the curve and a sample;
+* causal model: validation cross-entropy <= 1.9 nats/char within 8 minutes on
+  2 idle cores (the whole script's wall time for that model, data loading and
+  evaluations included; issue 10 allowed 10); report the curve and a sample;
 * masked model: masked-character accuracy on the validation plays against the
   most-frequent-character baseline.
 
@@ -16,8 +16,8 @@ average are recorded, since a shared machine can be several times slower.
 
 Usage::
 
-    python benchmarks/train_lm.py                     # causal, 600 s, then masked, 300 s
-    python benchmarks/train_lm.py --form causal --budget 600
+    python benchmarks/train_lm.py                     # causal, 480 s, then masked, 300 s
+    python benchmarks/train_lm.py --form causal --budget 480
     python benchmarks/train_lm.py --quick             # a 60 s smoke run
 
 Results: ``<out>/<form>/`` run directories (metrics.json, curves.png,
@@ -93,8 +93,9 @@ def seconds_per_step(mc, tc, corpus, n=6):
 
 def run_form(form, budget, out, *, corpus, t_start, progress, log):
     """Train one form within ``budget`` seconds counted from ``t_start``."""
+    from minicrate.commands.train_lm import model_config_for
     from minicrate.models import lm, sampling
-    from minicrate.training.lm import LMTrainConfig, model_config_for, train_lm
+    from minicrate.training.lm import LMTrainConfig, train_lm
 
     mc = model_config_for(corpus.vocab.size, {**MODEL, "form": form})
     recipe = {**TRAIN, **TRAIN_OVERRIDES.get(form, {})}
@@ -153,7 +154,7 @@ def run_form(form, budget, out, *, corpus, t_start, progress, log):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--form", choices=["causal", "masked", "both"], default="both")
-    p.add_argument("--budget", type=float, default=600.0, help="causal model's seconds")
+    p.add_argument("--budget", type=float, default=480.0, help="causal model's seconds")
     p.add_argument("--masked-budget", type=float, default=300.0, help="masked model's seconds")
     p.add_argument("--out", default=os.path.join("runs", "bench-lm"))
     p.add_argument("--quick", action="store_true", help="60 s per model (smoke test)")

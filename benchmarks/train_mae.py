@@ -12,8 +12,10 @@ fixed per-image masks, 75 % of the patches) ≤ 0.5 × that of the baseline that
 predicts each position's mean training patch.  The linear probe (logistic
 regression on frozen, mean-pooled encoder features of unmasked images vs on
 raw pixels) is reported as measured.  Wall time is the training loop's own
-clock and depends on the machine's load (2 cores shared with others): the
-1-minute load average before and after is printed with it.
+clock (issue 21's target: at most 20 minutes on 2 cores, with each batch split over
+the cores in worker processes, one BLAS thread each, as ``train-mae`` runs it) and
+depends on the machine's load: the 1-minute load average before and after is
+printed with it.
 
 Usage::
 
