@@ -181,15 +181,16 @@ def weight_mapping(model):
     return pairs
 
 
-def load_minicrate_params(model, params):
+def load_minicrate_params(model, params, pairs=None):
     """Copy a minicrate parameter dict (arrays of any backend) into ``model`` in place.
 
-    Raises ``KeyError`` naming the keys that do not match, so a change of
-    minicrate's parameter names is caught instead of silently ignored.
+    ``pairs``: the ``(minicrate key, torch name)`` list (default :func:`weight_mapping`'s; the
+    language model's twin passes its own).  Raises ``KeyError`` naming the keys that do not
+    match, so a change of minicrate's parameter names is caught instead of silently ignored.
     """
     from minicrate.core.backend import to_numpy
 
-    pairs = weight_mapping(model)
+    pairs = weight_mapping(model) if pairs is None else pairs
     wanted = {m for m, _ in pairs}
     if set(params) != wanted:
         raise KeyError(f"parameter keys differ: only in minicrate {sorted(set(params) - wanted)}, "
@@ -206,10 +207,11 @@ def load_minicrate_params(model, params):
     return model
 
 
-def grads_as_minicrate(model, params):
-    """The ``.grad`` of every parameter as NumPy arrays keyed and shaped like ``params``."""
+def grads_as_minicrate(model, params, pairs=None):
+    """The ``.grad`` of every parameter as NumPy arrays keyed and shaped like ``params``
+    (``pairs`` as for :func:`load_minicrate_params`)."""
     out = {}
-    for mkey, tkey in weight_mapping(model):
+    for mkey, tkey in (weight_mapping(model) if pairs is None else pairs):
         g = dict(model.named_parameters())[tkey].grad
         g = g.detach().cpu().numpy()
         shape = tuple(params[mkey].shape)

@@ -28,7 +28,6 @@ this file.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -136,36 +135,13 @@ def weight_mapping(model):
 
 
 def load_minicrate_params(model, params):
-    """Copy a minicrate LM parameter dict (arrays of any backend) into ``model`` in place.
+    """Copy a minicrate LM parameter dict (arrays of any backend) into ``model`` in place
+    (:func:`benchmarks.torch_crate.load_minicrate_params` with this model's pairs).
 
     Raises ``KeyError`` naming the keys that do not match."""
-    from minicrate.core.backend import to_numpy
-
-    pairs = weight_mapping(model)
-    wanted = {m for m, _ in pairs}
-    if set(params) != wanted:
-        raise KeyError(f"parameter keys differ: only in minicrate {sorted(set(params) - wanted)}, "
-                       f"only in the torch reference {sorted(wanted - set(params))}")
-    named = dict(model.named_parameters())
-    with torch.no_grad():
-        for mkey, tkey in pairs:
-            value = to_numpy(params[mkey])
-            if mkey.endswith(".U"):  # (K, d, p) -> the rows of qkv.weight (K·p, d)
-                value = torch_crate.u_to_qkv(value)
-            target = named[tkey]
-            value = np.ascontiguousarray(value).reshape(tuple(target.shape))
-            target.copy_(torch.from_numpy(value).to(dtype=target.dtype, device=target.device))
-    return model
+    return torch_crate.load_minicrate_params(model, params, weight_mapping(model))
 
 
 def grads_as_minicrate(model, params):
     """The ``.grad`` of every parameter as NumPy arrays keyed and shaped like ``params``."""
-    named = dict(model.named_parameters())
-    out = {}
-    for mkey, tkey in weight_mapping(model):
-        g = named[tkey].grad.detach().cpu().numpy()
-        shape = tuple(params[mkey].shape)
-        if mkey.endswith(".U"):
-            g = torch_crate.qkv_to_u(g, shape[0])
-        out[mkey] = g.reshape(shape)
-    return out
+    return torch_crate.grads_as_minicrate(model, params, weight_mapping(model))

@@ -115,12 +115,16 @@ def close_pool():
     _POOLS.clear()
 
 
-def _use_processes(xp, processes):
+def _plan(params, inputs, workers, processes):
+    """``(B, workers, use processes)`` for a batch: the model's backend (the parameters'; ids may
+    stay on the host) decides the default workers and whether processes can run the chunks."""
+    xp = namespace(next(iter(params.values())))
+    workers = default_workers(xp) if workers is None else int(workers)
     if processes is None:  # worker processes need POSIX pipes (pass_fds)
-        return backend_name(xp) == "numpy" and os.name == "posix"
-    if processes and backend_name(xp) != "numpy":
+        processes = backend_name(xp) == "numpy" and os.name == "posix"
+    elif processes and backend_name(xp) != "numpy":
         raise ValueError(f"processes=True needs NumPy arrays, got {backend_name(xp)}")
-    return bool(processes)
+    return inputs[0].shape[0], workers, bool(processes)
 
 
 def split_grads(fn, params, inputs, config, options=None, *, workers=None, processes=None, shares=None):
@@ -139,12 +143,10 @@ def split_grads(fn, params, inputs, config, options=None, *, workers=None, proce
         ``(loss, grads, *aux)`` for the whole batch: the chunks' weighted sums, aux concatenated.
     """
     options, inputs = dict(options or {}), tuple(inputs)
-    xp = namespace(next(iter(params.values())))  # the model's backend (ids may stay on the host)
-    B = inputs[0].shape[0]
-    workers = default_workers(xp) if workers is None else int(workers)
+    B, workers, processes = _plan(params, inputs, workers, processes)
     if workers <= 1 or B < 2:
         return fn(params, *inputs, config, **options)
-    if _use_processes(xp, processes):
+    if processes:
         return process_pool(workers).grads(fn, params, inputs, config, options, shares=shares)
 
     def run(s):
@@ -166,12 +168,10 @@ def split_map(fn, params, inputs, config, options=None, *, workers=None, process
         the chunks' outputs concatenated along the rows.
     """
     options, inputs = dict(options or {}), tuple(inputs)
-    xp = namespace(next(iter(params.values())))  # the model's backend (ids may stay on the host)
-    B = inputs[0].shape[0]
-    workers = default_workers(xp) if workers is None else int(workers)
+    B, workers, processes = _plan(params, inputs, workers, processes)
     if workers <= 1 or B < 2:
         return fn(params, *inputs, config, **options)
-    if _use_processes(xp, processes):
+    if processes:
         return process_pool(workers).map(fn, params, inputs, config, options)
     parts = map_chunks(lambda s: fn(params, *(x[s, ...] for x in inputs), config, **options), B, workers)
     return namespace(parts[0]).concat(parts, axis=0)
