@@ -32,9 +32,14 @@ def _batch(n, seed=0):
 
 @pytest.fixture(scope="module")
 def pool():
-    p = ProcessPool(CONFIG, 3, fast=True)
+    p = ProcessPool(3)
     yield p
     p.close()
+
+
+def _step(pool, params, images, labels):
+    """The classifier's step (fused layers) on ``pool``, as ``training.parallel.threads`` runs it."""
+    return pool.grads(mc.loss_and_grads, params, (images, labels), CONFIG, {"fast": True})
 
 
 def _rel(a, b):
@@ -46,7 +51,7 @@ def test_pool_equals_one_chunk_and_threads(pool, batch):
     params = mc.init_params(CONFIG, seed=1)
     images, labels = _batch(batch, batch)
     loss, grads, logits = mc.loss_and_grads(params, images, labels, CONFIG)
-    loss_p, grads_p, logits_p = pool.loss_and_grads(params, images, labels)
+    loss_p, grads_p, logits_p = _step(pool, params, images, labels)
     loss_t, grads_t, logits_t = parallel.loss_and_grads(params, images, labels, CONFIG, workers=3,
                                                         processes=False)
     assert abs(loss_p - loss) <= 1e-13 * abs(loss)
@@ -64,22 +69,22 @@ def test_pool_follows_parameter_updates_and_dtypes(pool):
     new dtype or batch size rebuilds the shared blocks."""
     images, labels = _batch(8, 3)
     params = mc.init_params(CONFIG, seed=2)
-    first = pool.loss_and_grads(params, images, labels)[0]
+    first = _step(pool, params, images, labels)[0]
     params = {k: v * 0.5 for k, v in params.items()}
     expected = mc.loss_and_grads(params, images, labels, CONFIG)[0]
-    assert pool.loss_and_grads(params, images, labels)[0] == pytest.approx(expected, rel=1e-13)
+    assert _step(pool, params, images, labels)[0] == pytest.approx(expected, rel=1e-13)
     assert expected != pytest.approx(first)
     images32 = images.astype(np.float32)
     params32 = {k: v.astype(np.float32) for k, v in params.items()}
-    loss32, grads32, _ = pool.loss_and_grads(params32, images32, labels)
+    loss32, grads32, _ = _step(pool, params32, images32, labels)
     assert grads32["embed.W"].dtype == np.float32
     assert loss32 == pytest.approx(expected, rel=1e-5)
     big, big_labels = _batch(31, 4)
-    loss_big = pool.loss_and_grads(params, big, big_labels)[0]
+    loss_big = _step(pool, params, big, big_labels)[0]
     assert loss_big == pytest.approx(mc.loss_and_grads(params, big, big_labels, CONFIG)[0], rel=1e-13)
     blocks = pool._blocks
     small, small_labels = _batch(5, 6)  # a smaller (last) batch reuses the blocks
-    loss_small = pool.loss_and_grads(params, small, small_labels)[0]
+    loss_small = _step(pool, params, small, small_labels)[0]
     assert pool._blocks is blocks
     assert loss_small == pytest.approx(mc.loss_and_grads(params, small, small_labels, CONFIG)[0], rel=1e-13)
 
@@ -92,23 +97,23 @@ def test_worker_error_is_raised_in_the_parent(pool):
     labels = labels.copy()
     labels[-1] = 99  # in the last chunk, a worker's
     with pytest.raises(ValueError, match="labels"):
-        pool.loss_and_grads(params, images, labels)
+        _step(pool, params, images, labels)
     labels[-1] = 1
-    assert np.isfinite(pool.loss_and_grads(params, images, labels)[0])
+    assert np.isfinite(_step(pool, params, images, labels)[0])
 
 
 def test_dead_worker_closes_the_pool_with_a_clear_error():
-    p = ProcessPool(CONFIG, 2, fast=True)
+    p = ProcessPool(2)
     params = mc.init_params(CONFIG, seed=1)
     images, labels = _batch(4)
-    p.loss_and_grads(params, images, labels)
+    _step(p, params, images, labels)
     os.kill(p._procs[0].pid, signal.SIGKILL)
     p._procs[0].wait()
     with pytest.raises(RuntimeError, match="worker process"):
-        p.loss_and_grads(params, images, labels)
+        _step(p, params, images, labels)
     assert p.closed
     with pytest.raises(RuntimeError, match="closed"):
-        p.loss_and_grads(params, images, labels)
+        _step(p, params, images, labels)
 
 
 def test_parallel_default_uses_processes_and_restarts_closed_pools():
@@ -135,7 +140,7 @@ def test_processes_need_numpy_and_two_workers():
         parallel.loss_and_grads(params, xp.asarray(images), xp.asarray(labels), CONFIG, workers=2,
                                 processes=True)
     with pytest.raises(ValueError, match="workers"):
-        ProcessPool(CONFIG, 1)
+        ProcessPool(1)
 
 
 def test_shared_blocks_leave_no_files(pool):
@@ -149,16 +154,16 @@ def test_shared_blocks_leave_no_files(pool):
     other.close()
     block.close()
     params = mc.init_params(CONFIG, seed=1)
-    pool.loss_and_grads(params, *_batch(5))
+    _step(pool, params, *_batch(5))
     after = {f for f in os.listdir(shm_dir()) if f.startswith("minicrate-")}
     assert after <= before
 
 
 def test_peak_memory_is_reported(pool):
     params = mc.init_params(CONFIG, seed=1)
-    pool.loss_and_grads(params, *_batch(6))
+    _step(pool, params, *_batch(6))
     assert all(isinstance(v, int) for v in pool.reset_peak_memory() if v is not None)
-    pool.loss_and_grads(params, *_batch(6))
+    _step(pool, params, *_batch(6))
     peaks = pool.peak_memory_kb()
     assert len(peaks) == 2 and all(isinstance(v, int) and v >= 0 for v in peaks)
 
@@ -181,8 +186,9 @@ def test_the_whole_batch_is_checked_before_it_is_split(processes, images, labels
 
 def test_pool_checks_the_batch_itself(pool):
     params = mc.init_params(CONFIG, seed=1)
-    with pytest.raises(ValueError, match="one entry per image"):
-        pool.loss_and_grads(params, np.zeros((6, 1, 8, 8)), np.zeros(5, dtype=np.int64))
+    with pytest.raises(ValueError, match="rows"):
+        pool.grads(mc.loss_and_grads, params, (np.zeros((6, 1, 8, 8)), np.zeros(5, dtype=np.int64)), CONFIG)
     xp = mc.get_backend("array_api_strict")
     with pytest.raises(TypeError, match="NumPy arrays"):
-        pool.loss_and_grads(params, xp.zeros((6, 1, 8, 8), dtype=xp.float64), xp.zeros(6, dtype=xp.int64))
+        pool.grads(mc.loss_and_grads, params, (xp.zeros((6, 1, 8, 8), dtype=xp.float64), xp.zeros(6, dtype=xp.int64)),
+                   CONFIG)

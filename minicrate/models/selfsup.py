@@ -198,13 +198,14 @@ def selfsup_backward(dout, cache):
     return grads
 
 
-def frozen_features(params, images, config: CRATEConfig, *, batch_size=500):
+def frozen_features(params, images, config: CRATEConfig, *, batch_size=500, forward=features):
     """Features of many host images, batch by batch, on the parameters' backend:
-    a ``(n, d)`` array of that backend (no gradient kept)."""
+    a ``(n, d)`` array of that backend (no gradient kept).  ``forward(params, x, config)`` is
+    :func:`features` unless the caller passes it split over the cores (training does)."""
     ref = params["head.ln_gamma"]
     xp = namespace(ref)
     out = []
     for start in range(0, len(images), batch_size):
         x = host_to(xp, images[start : start + batch_size], ref.dtype, device_of(ref))
-        out.append(features(params, x, config))
+        out.append(forward(params, x, config))
     return xp.concat(out, axis=0)

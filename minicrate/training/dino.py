@@ -36,6 +36,7 @@ from minicrate.models.selfsup import (
     METHODS,
     SelfSupConfig,
     features,
+    frozen_features,
     init_selfsup_params,
     selfsup_backward,
     selfsup_forward,
@@ -294,14 +295,12 @@ class SelfSupTask(EpochTask):
     # -- evaluation ----------------------------------------------------------------
     def features(self, params):
         """Frozen backbone features of the train and test split (host arrays)."""
-        bb, bs, xp = self.config.backbone, self.tc.eval_batch_size, self.xp
-        ref = params["head.ln_gamma"]
+        def split(p, x, config):  # each batch split over the workers (the inference path)
+            return split_map(features, p, (x,), config, workers=self.workers)
 
-        def frozen(images):  # batch by batch, each batch split over the workers (no cache)
-            return np.concatenate([to_numpy(split_map(features, params, (host_to(xp, images[i:i + bs], ref.dtype,
-                                                                                   device_of(ref)),), bb,
-                                                      workers=self.workers))
-                                   for i in range(0, len(images), bs)])
+        def frozen(images):
+            return to_numpy(frozen_features(params, images, self.config.backbone,
+                                            batch_size=self.tc.eval_batch_size, forward=split))
 
         return frozen(self.split.x_train), frozen(self.split.x_test)
 

@@ -72,16 +72,13 @@ class ProcessPool:
     gradients), :meth:`map` for an inference forward (the chunks' outputs stacked).
 
     Args:
-        config: the :class:`~minicrate.models.classifier.CRATEConfig` that
-            :meth:`loss_and_grads` uses (the classifier's step); ``None`` if unused.
         workers: chunks per batch (≥ 2); ``workers − 1`` processes are started.
-        options: passed to :func:`minicrate.models.classifier.loss_and_grads` (e.g. ``fast``).
     """
 
-    def __init__(self, config, workers, **options):
+    def __init__(self, workers):
         if int(workers) < 2:
             raise ValueError(f"workers must be at least 2 for a process pool, got {workers}")
-        self.config, self.workers, self.options = config, int(workers), dict(options)
+        self.workers = int(workers)
         self._procs, self._blocks, self._key, self._capacity = [], None, None, 0
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -260,22 +257,6 @@ class ProcessPool:
             return fn(params, *inputs, config, **options)
         first, replies = self._run_first(fn, params, inputs, parts[0], config, options, "an inference forward")
         return np.concatenate([first] + replies, axis=0)
-
-    def loss_and_grads(self, params, images, labels):
-        """:func:`minicrate.models.classifier.loss_and_grads` on the batch split over the processes
-        (with the pool's config and options).
-
-        Args:
-            params: NumPy parameter arrays; images ``(B, C, H, W)``; labels ``(B,)`` ints.
-
-        Returns:
-            ``(loss, grads, logits)`` for the whole batch (grads new arrays).
-        """
-        from minicrate.models.classifier import loss_and_grads as single
-        from minicrate.training.parallel.split import check_batch
-
-        check_batch(images, labels)
-        return self.grads(single, params, (images, labels), self.config, self.options)
 
     @property
     def closed(self):

@@ -96,7 +96,7 @@ def process_pool(workers):
     if pool is not None and pool.workers == int(workers):
         return pool
     close_pool()
-    _POOLS.append(ProcessPool(None, workers))
+    _POOLS.append(ProcessPool(workers))
     return _POOLS[0]
 
 
