@@ -51,3 +51,18 @@ def test_sampled_entries():
     x = np.linspace(0.5, 1.5, 50)
     report = mc.check_vjp(f_square, {"x": x}, np.ones(50), {"x": 2 * x}, max_entries=7)
     assert report.args["x"].checked == 7 and report.passed
+
+
+def f_exp(x):
+    return np.exp(3 * x)
+
+
+def test_truncation_limited_entries_are_refined_by_richardson():
+    """At a coarse step the h^4 error of exp(3x) exceeds 1e-6; one more estimate
+    at h/2 cancels it, so the right gradient passes and a wrong one still fails."""
+    x = np.linspace(-1, 1, 5)
+    n = mc.checks.gradcheck.numerical_vjp(f_exp, {"x": x}, np.ones(5), "x", h=0.05)
+    assert mc.rel_error(n, 3 * np.exp(3 * x)) > 1e-6  # the plain estimate alone would fail
+    assert mc.check_vjp(f_exp, {"x": x}, np.ones(5), {"x": 3 * np.exp(3 * x)}, h=0.05).passed
+    wrong = 3 * np.exp(3 * x) * (1 + 1e-4)
+    assert not mc.check_vjp(f_exp, {"x": x}, np.ones(5), {"x": wrong}, h=0.05).passed

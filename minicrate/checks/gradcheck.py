@@ -26,6 +26,14 @@ that are zero up to round-off (≈1e-13) do not dominate.  CS231n's fixed floor
 of 1e-8 flags such entries on some backends; ``rel_error`` keeps it.
 The function is evaluated in the inputs' own
 namespace (NumPy, torch, CuPy, array_api_strict).
+
+Entries that fail at step h are estimated once more, at h/2, and the two
+estimates are combined by Richardson extrapolation,
+:math:`n = (16\,n_{h/2} - n_h)/15`, which cancels the h⁴ term.  A correct
+gradient whose function has large higher derivatives at that point (a sharp
+softmax, say) then passes, while a wrong one still fails: both estimates agree
+with each other and with the true derivative, not with the wrong analytic
+value.  Only failing entries pay for the extra evaluations.
 """
 
 from __future__ import annotations
@@ -137,6 +145,17 @@ def numerical_vjp(f, inputs: Mapping, cotangent, name: str, *, h=DEFAULT_H, indi
     return grad
 
 
+def _entry_errors(a, n):
+    """Entrywise relative errors with the scaled floor (0 where n is NaN, i.e. unchecked)."""
+    import numpy as np
+
+    mask = ~np.isnan(n)
+    scale = max(1.0, float(np.max(np.abs(a)))) if a.size else 1.0
+    err = np.zeros_like(a)
+    err[mask] = np.abs(a[mask] - n[mask]) / np.maximum(FLOOR * scale, np.abs(a[mask]) + np.abs(n[mask]))
+    return err
+
+
 def check_vjp(
     f: Callable,
     inputs: Mapping,
@@ -206,10 +225,13 @@ def check_vjp(
         if max_entries is not None and size > max_entries:
             picked = np.sort(rng.choice(size, size=max_entries, replace=False))
         n = numerical_vjp(f, inputs, cotangent, name, h=h, indices=picked)
+        err = _entry_errors(a, n)
+        failing = np.flatnonzero(err > rtol)
+        if failing.size:  # truncation-limited entries: cancel the h^4 term (module docstring)
+            half = numerical_vjp(f, inputs, cotangent, name, h=h / 2, indices=failing)
+            n.flat[failing] = (16 * half.flat[failing] - n.flat[failing]) / 15
+            err = _entry_errors(a, n)
         mask = ~np.isnan(n)
-        scale = max(1.0, float(np.max(np.abs(a))))
-        err = np.zeros_like(a)
-        err[mask] = np.abs(a[mask] - n[mask]) / np.maximum(FLOOR * scale, np.abs(a[mask]) + np.abs(n[mask]))
         worst = np.unravel_index(int(np.argmax(err)), a.shape) if a.size else ()
         reports[name] = ArgReport(
             name=name,
