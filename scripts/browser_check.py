@@ -28,7 +28,11 @@ How it works, with the standard library only:
   to the server, which releases the held image.  If a page never reports,
   the server releases the image after a timeout and the page fails.
 * Chromium runs headless with the flags that work offline on Debian's build (below),
-  a fresh profile per page, and ``--dump-dom`` (which waits for the load event).
+  a fresh profile per page, and ``--dump-dom`` (which waits for the load event).  It is
+  launched once per page, at the widest width; the page opens itself at each narrower
+  width in an iframe of that width, which runs the same check and reports separately
+  (an iframe added before the load event delays it, so the launch waits for all of them).
+  Starting Chromium was half of each check's time.
 * Chromium's proxy is set to a second local server that answers every request
   with 403 and records it.  Loopback addresses bypass the proxy, so the page
   reaches the book server directly, while *any* request to another host, made
@@ -215,8 +219,23 @@ CHECK_SCRIPT = r"""
       figures: figures,
       spec: spec
     };
+    openNarrowerFrames();
     return fetch("%(result)s" + KEY, {method: "POST", body: JSON.stringify(result),
                                       headers: {"Content-Type": "application/json"}});
+  }
+  // The page loaded with ?also=390,... opens itself once per width in an iframe of that
+  // width, which runs this same check.  The frames are added before this page reports, so
+  // its load event (and Chromium's exit) waits for theirs: one browser launch per page.
+  function openNarrowerFrames() {
+    var also = new URLSearchParams(location.search).get("also");
+    if (window !== window.top || !also) return;
+    also.split(",").forEach(function (w) {
+      var frame = document.createElement("iframe");
+      frame.src = location.pathname + "?w=" + encodeURIComponent(w);
+      frame.style.cssText = "position:absolute;left:0;top:0;height:4000px;border:0;z-index:9999;" +
+                            "width:" + parseInt(w, 10) + "px";
+      document.body.appendChild(frame);
+    });
   }
   function run() {
     var ready = (window.MathJax && MathJax.startup && MathJax.startup.promise) ?
@@ -436,11 +455,14 @@ def run_checks(html_dir, pages=None, *, chromium=None, hold_s=60.0, timeout_s=12
         t0 = time.perf_counter()
         source = (html_dir / name).read_text(encoding="utf-8")
         problems, result = [], None
-        for width in widths:
-            _open(chromium, f"http://127.0.0.1:{port}/{name}?w={width}", proxy_port, timeout_s, width)
-            result = results.get(f"{name}?w={width}")
+        first, *narrower = widths  # one launch: the narrower widths load in iframes
+        query = f"w={first}" + (f"&also={','.join(map(str, narrower))}" if narrower else "")
+        _open(chromium, f"http://127.0.0.1:{port}/{name}?{query}", proxy_port, timeout_s, first)
+        for key in [f"{name}?{query}"] + [f"{name}?w={w}" for w in narrower]:
+            result = results.get(key)
             problems += [p for p in page_failures(result, expect_math='class="math' in source)
                          if p not in problems]
+        result = results.get(f"{name}?{query}")
         return name, {"result": result, "problems": problems,
                       "seconds": round(time.perf_counter() - t0, 2)}
 

@@ -315,9 +315,15 @@ def test_browser_check_catches_raw_math_missing_images_and_outside_requests(tmp_
         "<style>pre { white-space: pre; overflow-x: auto; }</style>"
         "</body></html>"
     )
-    report = browser_check.run_checks(tmp_path, ["index.html", "bad.html"], hold_s=20)
+    # fits a desktop, not a phone: the narrow width (checked in an iframe of the same launch) catches it
+    (tmp_path / "narrow.html").write_text(
+        "<html><body><article><div class='cell_output'><pre>" + "x" * 80 + "</pre></div></article>"
+        "<style>pre { white-space: pre; overflow-x: auto; font: 12px monospace; }</style></body></html>"
+    )
+    report = browser_check.run_checks(tmp_path, ["index.html", "bad.html", "narrow.html"], hold_s=20)
     good, bad = report["pages"]["index.html"], report["pages"]["bad.html"]
     assert good["problems"] == [], good["problems"]
+    assert report["pages"]["narrow.html"]["problems"] == ["at 390 px: output wider than its column: " + "x" * 60]
     text = " | ".join(bad["problems"])
     assert "raw TeX" in text and "not typeset" in text, text
     assert "missing.png" in text and "example.org" in text, text
