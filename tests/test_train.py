@@ -10,6 +10,7 @@ import minicrate.training.classifier as train_module
 from minicrate.core import checkpoint as ckpt
 from minicrate.data.images import load
 from minicrate.models.classifier import CRATEConfig, init_params
+from minicrate.training.epochs import EpochTask
 from minicrate.training.classifier import (
     TrainConfig,
     TrainingDiverged,
@@ -51,6 +52,22 @@ def test_a_few_dozen_steps_lower_the_loss(tmp_path):
     assert config == TINY and extra["position"] == {"epoch": 2, "batch": 0, "step": 46}
     again = evaluate(params, config, split.x_test, split.y_test)
     assert again["accuracy"] == result["test_accuracy"]
+
+
+def test_evaluating_every_few_epochs_changes_only_the_history(tmp_path):
+    every = train(TINY, _tc(epochs=3), tmp_path / "a", progress=False, log=_quiet)
+    sparse = train(TINY, _tc(epochs=3, eval_every_epochs=2), tmp_path / "b", progress=False, log=_quiet)
+    assert [h["epoch"] for h in every["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in sparse["history"]] == [2, 3]  # every 2 epochs, and after the last
+    a, b = load_run(tmp_path / "a")[0], load_run(tmp_path / "b")[0]
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert sparse["test_accuracy"] == every["test_accuracy"]
+    with pytest.raises(ValueError, match="eval_every_epochs must be"):
+        _tc(eval_every_epochs=0)
+    task = EpochTask(_tc(epochs=5, eval_every_epochs=2), load("digits"), np)  # a bar runs to the next evaluation
+    spe = task.steps_per_epoch
+    assert [task.bar_desc(e * spe + 1) for e in (0, 1, 2, 4)] == [
+        "epochs 1-2/5", "epoch 2/5", "epochs 3-4/5", "epoch 5/5"]
 
 
 def test_same_seed_gives_identical_losses_and_parameters(tmp_path):

@@ -10,7 +10,7 @@ from minicrate.commands.arguments import (
 )
 
 NAME = "train"
-HELP = "train CRATE on digits or MNIST-5k (progress bar, checkpoint every epoch, --resume)"
+HELP = "train CRATE on digits or MNIST-5k (progress bar, checkpoint at each evaluation, --resume)"
 
 
 def add_arguments(p):
@@ -30,7 +30,7 @@ def add_arguments(p):
         type=a.integer(0, a.MAX_STEPS),
         default=0,
         metavar="STEPS",
-        help="also checkpoint every this many steps (default: every epoch only)",
+        help="also checkpoint every this many steps (default: at each evaluation only)",
     )
     p.add_argument(
         "--threads", type=a.threads, default=1, help="BLAS threads for NumPy (0: library default)"

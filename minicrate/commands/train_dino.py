@@ -36,7 +36,7 @@ def add_arguments(p):
     p.add_argument("--out", type=a.out_dir, help="run directory (default runs/<method>-<data>)")
     add_resume_arguments(p)
     p.add_argument("--checkpoint-every", type=a.integer(0, a.MAX_STEPS), default=0, metavar="STEPS",
-                   help="also checkpoint every this many steps (default: every epoch only)")
+                   help="also checkpoint every this many steps (default: at each evaluation only)")
     p.add_argument("--threads", type=a.threads, default=1, help="BLAS threads for NumPy (0: library default)")
     p.add_argument("--workers", type=a.workers, default=0,
                    help="split each step's views over this many threads (0, the default: one per core)")

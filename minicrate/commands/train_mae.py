@@ -6,7 +6,7 @@ from minicrate.commands import arguments as a
 from minicrate.commands.arguments import add_optimisation_arguments, add_resume_arguments
 
 NAME = "train-mae"
-HELP = "train CRATE-MAE on MNIST-5k or digits (masked-patch MSE, checkpoint every epoch, --resume, linear probe)"
+HELP = "train CRATE-MAE on MNIST-5k or digits (masked-patch MSE, checkpoint at each evaluation, --resume, linear probe)"
 
 
 def add_arguments(p):
@@ -33,7 +33,7 @@ def add_arguments(p):
     p.add_argument("--out", type=a.out_dir, help="run directory (default runs/mae-<data>)")
     add_resume_arguments(p)
     p.add_argument("--checkpoint-every", type=a.integer(0, a.MAX_STEPS), default=0, metavar="STEPS",
-                   help="also checkpoint every this many steps (default: every epoch only)")
+                   help="also checkpoint every this many steps (default: at each evaluation only)")
     p.add_argument("--no-probe", action="store_true", help="skip the final linear probe")
     p.add_argument("--threads", type=a.threads, default=1, help="BLAS threads for NumPy (0: library default)")
     p.add_argument("--workers", type=a.workers, default=0,

@@ -61,10 +61,9 @@ def check_array(x, name, *, ndim=None, min_ndim=None, shape=None, floating=True,
     """
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
         raise TypeError(f"{name} must be an array, got {describe(x)}")
-    xp = namespace(x)
     check_plain(x, name)
-    if floating and not (xp.isdtype(x.dtype, "real floating")
-                         and str(x.dtype).rsplit(".", 1)[-1] in ("float32", "float64")):
+    kind = _float_kind(x)
+    if floating and kind is None:
         raise TypeError(f"{name} must have a real floating dtype (float32 or float64), got {describe(x)}")
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} axes, got {describe(x)}")
@@ -78,7 +77,7 @@ def check_array(x, name, *, ndim=None, min_ndim=None, shape=None, floating=True,
     if any(s == 0 for s in x.shape):
         raise ValueError(f"{name} must not be empty, got {describe(x)}")
     if finite and _FINITE[0] and floating:
-        limit = _LIMITS[str(x.dtype).rsplit(".", 1)[-1]]
+        xp, limit = namespace(x), _LIMITS[kind]
         if not bool(xp.all(xp.abs(x) <= limit)):  # one pass: NaN and inf fail it too
             if not bool(xp.all(xp.isfinite(x))):
                 raise ValueError(f"{name} contains NaN or inf values ({describe(x)})")
@@ -86,6 +85,29 @@ def check_array(x, name, *, ndim=None, min_ndim=None, shape=None, floating=True,
                              f"(squares, sums) would overflow to inf ({describe(x)})")
     return x
 
+
+def _float_kind(x):
+    """``"float32"``, ``"float64"`` or ``None`` (any other dtype) for an array.
+
+    Cached per dtype: the check runs on every argument of every call, and naming a
+    dtype (``str``) and finding the namespace cost more than a small layer's arithmetic."""
+    try:
+        return _KINDS[x.dtype]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable dtype: work it out every time
+        return _work_out_kind(x)
+    kind = _KINDS[x.dtype] = _work_out_kind(x)
+    return kind
+
+
+def _work_out_kind(x):
+    name = str(x.dtype).rsplit(".", 1)[-1]
+    real = namespace(x).isdtype(x.dtype, "real floating")
+    return name if real and name in ("float32", "float64") else None
+
+
+_KINDS: dict = {}
 
 # The largest magnitude an array argument may hold: about sqrt(max) / 1000 of its
 # dtype, so that a square, or a sum of a thousand products, of entries stays finite.

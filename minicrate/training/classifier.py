@@ -55,6 +55,7 @@ class TrainConfig:
     ``shift`` is the augmentation's largest random shift in pixels (0: off).
     ``clip`` is the global gradient-norm bound (``None``: no clipping).
     ``checkpoint_every`` adds mid-epoch checkpoints every that many steps.
+    ``eval_every_epochs``: evaluate (and checkpoint) every that many epochs and after the last.
 
     Every field is checked on construction (and by ``dataclasses.replace``):
     a bad value raises ``ValueError``/``TypeError`` naming the field, what it
@@ -77,6 +78,7 @@ class TrainConfig:
     backend: str = "numpy"
     eval_batch_size: int = 500
     checkpoint_every: int = 0
+    eval_every_epochs: int = 1
 
     def __post_init__(self):
         # Each field is checked and normalised (numbers to plain Python int/float, so the
@@ -102,6 +104,7 @@ class TrainConfig:
         self.backend = _choice(self.backend, "backend", BACKENDS)
         self.eval_batch_size = check_int(self.eval_batch_size, "eval_batch_size", minimum=1)
         self.checkpoint_every = check_int(self.checkpoint_every, "checkpoint_every", minimum=0)
+        self.eval_every_epochs = check_int(self.eval_every_epochs, "eval_every_epochs", minimum=1)
 
 
 def _choice(value, name, choices):

@@ -27,7 +27,7 @@ class EpochTask:
     """
 
     # recipe fields that may change on resume without changing what the steps compute
-    resume_free = frozenset({"epochs", "backend", "eval_batch_size", "checkpoint_every"})
+    resume_free = frozenset({"epochs", "backend", "eval_batch_size", "checkpoint_every", "eval_every_epochs"})
 
     def __init__(self, train_config, split, xp):
         tc = train_config
@@ -35,7 +35,7 @@ class EpochTask:
         self.n_train = len(split.x_train)
         self.steps_per_epoch = -(-self.n_train // tc.batch_size)
         self.total_steps = tc.epochs * self.steps_per_epoch
-        self.eval_every = self.steps_per_epoch
+        self.eval_every = self.steps_per_epoch * tc.eval_every_epochs
         self.warmup_steps = int(round(min(tc.warmup_epochs, tc.epochs) * self.steps_per_epoch))
         self.background = (0.0 - split.mean) / split.std  # a black pixel after standardising
         self._order = (None, None)  # (epoch, permutation): one permutation per epoch
@@ -74,7 +74,9 @@ class EpochTask:
         return f"step {step + 1} (epoch {epoch + 1}, batch {b + 1}/{self.steps_per_epoch})"
 
     def bar_desc(self, step):
-        return f"epoch {self.position(step)[0] + 1}/{self.tc.epochs}"
+        first, k = self.position(step)[0] + 1, self.tc.eval_every_epochs  # a bar runs to the next evaluation
+        last = min(first + k - 1 - (first - 1) % k, self.tc.epochs)
+        return f"epoch {first}/{self.tc.epochs}" if last == first else f"epochs {first}-{last}/{self.tc.epochs}"
 
     def checkpoint_extra(self, step):
         epoch, b = self.position(step)
