@@ -10,7 +10,6 @@ import minicrate.training.classifier as train_module
 from minicrate.core import checkpoint as ckpt
 from minicrate.data.images import load
 from minicrate.models.classifier import CRATEConfig, init_params
-from minicrate.training.epochs import EpochTask
 from minicrate.training.classifier import (
     TrainConfig,
     TrainingDiverged,
@@ -19,6 +18,7 @@ from minicrate.training.classifier import (
     recipe,
     train,
 )
+from minicrate.training.epochs import EpochTask
 
 TINY = CRATEConfig(
     image_size=8, patch_size=4, dim=16, depth=2, heads=2, num_classes=10, pool="mean"
