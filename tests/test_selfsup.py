@@ -297,7 +297,8 @@ def test_short_run_writes_metrics_and_resumes_bit_for_bit(tmp_path, method):
     assert (tmp_path / "full" / "selfsup.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_train_dino_and_its_errors(tmp_path, capsys):
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_cli_train_dino_and_its_errors(tmp_path, capsys):  # lr 1e30 overflows on purpose
     out = str(tmp_path / "run")
     args = ["train-dino", "--data", "digits", "--epochs", "1", "--batch", "256", "--dim", "16", "--depth", "1",
             "--heads", "2", "--local-views", "1", "--supervised-epochs", "1", "--no-progress", "--out", out]
