@@ -91,13 +91,16 @@ def _float_kind(x):
 
     Cached per dtype: the check runs on every argument of every call, and naming a
     dtype (``str``) and finding the namespace cost more than a small layer's arithmetic."""
+    # Keyed with the dtype's type first, so that dtypes of two libraries are never compared
+    # (array_api_strict warns when its dtypes are compared with NumPy's).
+    key = (type(x.dtype), x.dtype)
     try:
-        return _KINDS[x.dtype]
+        return _KINDS[key]
     except KeyError:
         pass
     except TypeError:  # an unhashable dtype: work it out every time
         return _work_out_kind(x)
-    kind = _KINDS[x.dtype] = _work_out_kind(x)
+    kind = _KINDS[key] = _work_out_kind(x)
     return kind
 
 
