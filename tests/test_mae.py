@@ -267,11 +267,12 @@ def test_train_mae_command_options_reach_the_configs():
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     args = parser.parse_args(["--data", "mnist", "--image-size", "28", "--patch", "2", "--out-init-gain", "1.0",
-                              "--epochs", "3", "--lr", "1e-3", "--eval-every", "2"])
+                              "--epochs", "3", "--lr", "1e-3", "--eval-every", "2", "--beta2", "0.95"])
     model_config, train_config = command.configs_from_args(args)
     assert (model_config.image_size, model_config.patch_size, model_config.num_patches) == (28, 2, 196)
     assert model_config.out_init_gain == 1.0
     assert (train_config.epochs, train_config.lr, train_config.eval_every_epochs) == (3, 1e-3, 2)
+    assert train_config.adam_beta2 == 0.95
     assert train_config.warmup_epochs <= 1.5  # a short run keeps the warm-up within half of it
     default_model, _ = command.configs_from_args(parser.parse_args([]))
     assert default_model.out_init_gain == 0.1

@@ -64,7 +64,9 @@ def test_evaluating_every_few_epochs_changes_only_the_history(tmp_path):
     assert sparse["test_accuracy"] == every["test_accuracy"]
     with pytest.raises(ValueError, match="eval_every_epochs must be"):
         _tc(eval_every_epochs=0)
-    task = EpochTask(_tc(epochs=5, eval_every_epochs=2), load("digits"), np)  # a bar runs to the next evaluation
+    task = EpochTask(_tc(epochs=5, eval_every_epochs=2, adam_beta2=0.95), load("digits"), np)
+    assert task.make_optimizer({}).betas == (0.9, 0.95)
+    # a progress bar runs to the next evaluation
     spe = task.steps_per_epoch
     assert [task.bar_desc(e * spe + 1) for e in (0, 1, 2, 4)] == [
         "epochs 1-2/5", "epoch 2/5", "epochs 3-4/5", "epoch 5/5"]
@@ -221,3 +223,17 @@ def test_train_mae_cli_caps_the_warmup(tmp_path):
                  "--out", str(out)])
     assert code == 0
     assert json.loads((out / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_checkpoint_from_before_a_recipe_field_resumes_with_its_default(tmp_path):
+    """Checkpoints written before eval_every_epochs and adam_beta2 existed lack them: they ran with
+    the defaults, so they resume, while a resume with another beta2 is refused, naming it."""
+    train(TINY, _tc(epochs=1), tmp_path, progress=False, log=_quiet)
+    path = tmp_path / "checkpoint.npz"
+    params, config, extra = ckpt.load(path)
+    for field in ("eval_every_epochs", "adam_beta2"):
+        del extra["train_config"][field]
+    ckpt.save(path, params, config, extra=extra)
+    with pytest.raises(ckpt.CheckpointError, match="adam_beta2: checkpoint 0.999 vs now 0.95"):
+        train(TINY, _tc(epochs=2, adam_beta2=0.95), tmp_path, resume=True, progress=False, log=_quiet)
+    assert train(TINY, _tc(epochs=2), tmp_path, resume=True, progress=False, log=_quiet)["steps"] == 46

@@ -221,6 +221,8 @@ def add_optimisation_arguments(p, *, seeds):
     g.add_argument("--optimizer", choices=["adamw", "lion", "sgd"])
     g.add_argument("--lr", type=learning_rate, help="peak learning rate")
     g.add_argument("--wd", type=non_negative_real, dest="weight_decay", help="decoupled weight decay")
+    g.add_argument("--beta2", type=real(0.0, 1.0, hi_open=True), dest="adam_beta2",
+                   help="AdamW's second-moment decay β₂ (β₁ is 0.9)")
     g.add_argument("--epochs", type=epochs)
     g.add_argument("--eval-every", type=epochs, dest="eval_every_epochs", metavar="EPOCHS",
                    help="evaluate (and checkpoint) every this many epochs, and after the last")
@@ -239,7 +241,8 @@ def optimisation_overrides(args, train_config):
     keeps the recipe's warm-up only while it fits (at most half the run), and the backend and
     ``--checkpoint-every`` always come along."""
     over = {k: getattr(args, k) for k in ("optimizer", "lr", "weight_decay", "epochs", "batch_size",
-                                           "warmup_epochs", "clip", "shift", "seed", "eval_every_epochs")
+                                           "warmup_epochs", "clip", "shift", "seed", "eval_every_epochs",
+                                           "adam_beta2")
             if getattr(args, k, None) is not None}
     if over.get("clip") == 0:
         over["clip"] = None

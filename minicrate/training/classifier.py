@@ -26,7 +26,7 @@ import numpy as np
 
 from minicrate.core import checkpoint as ckpt
 from minicrate.core.backend import BACKENDS, get_backend, host_to, to_numpy
-from minicrate.core.validate import check_int, check_keys, check_positive, describe, finite_checks
+from minicrate.core.validate import check_int, check_keys, check_positive, check_real, describe, finite_checks
 from minicrate.data.images import DATASETS
 from minicrate.models.classifier import CRATEConfig, init_params, loss_and_grads, param_count, preset
 from minicrate.training.epochs import EpochTask
@@ -56,6 +56,7 @@ class TrainConfig:
     ``clip`` is the global gradient-norm bound (``None``: no clipping).
     ``checkpoint_every`` adds mid-epoch checkpoints every that many steps.
     ``eval_every_epochs``: evaluate (and checkpoint) every that many epochs and after the last.
+    ``adam_beta2``: AdamW's second-moment decay β₂ (β₁ is 0.9); other optimisers ignore it.
 
     Every field is checked on construction (and by ``dataclasses.replace``):
     a bad value raises ``ValueError``/``TypeError`` naming the field, what it
@@ -79,6 +80,7 @@ class TrainConfig:
     eval_batch_size: int = 500
     checkpoint_every: int = 0
     eval_every_epochs: int = 1
+    adam_beta2: float = 0.999
 
     def __post_init__(self):
         # Each field is checked and normalised (numbers to plain Python int/float, so the
@@ -105,6 +107,9 @@ class TrainConfig:
         self.eval_batch_size = check_int(self.eval_batch_size, "eval_batch_size", minimum=1)
         self.checkpoint_every = check_int(self.checkpoint_every, "checkpoint_every", minimum=0)
         self.eval_every_epochs = check_int(self.eval_every_epochs, "eval_every_epochs", minimum=1)
+        self.adam_beta2 = check_real(self.adam_beta2, "adam_beta2")
+        if not 0.0 <= self.adam_beta2 < 1.0:
+            raise ValueError(f"adam_beta2 must be in [0, 1), got {self.adam_beta2!r}")
 
 
 def _choice(value, name, choices):
@@ -115,32 +120,10 @@ def _choice(value, name, choices):
 
 # Recipes measured to reach the README's figures (benchmarks/train.py).
 RECIPES = {
-    "digits": (
-        dict(preset="digits"),
-        dict(
-            data="digits",
-            optimizer="adamw",
-            lr=2e-3,
-            weight_decay=0.05,
-            epochs=40,
-            batch_size=64,
-            warmup_epochs=2,
-            shift=0,
-        ),
-    ),
-    "mnist": (
-        dict(preset="mnist"),
-        dict(
-            data="mnist",
-            optimizer="adamw",
-            lr=1e-3,
-            weight_decay=0.05,
-            epochs=40,
-            batch_size=64,
-            warmup_epochs=2,
-            shift=2,
-        ),
-    ),
+    "digits": (dict(preset="digits"), dict(data="digits", optimizer="adamw", lr=2e-3, weight_decay=0.05,
+                                           epochs=40, batch_size=64, warmup_epochs=2, shift=0)),
+    "mnist": (dict(preset="mnist"), dict(data="mnist", optimizer="adamw", lr=1e-3, weight_decay=0.05,
+                                         epochs=40, batch_size=64, warmup_epochs=2, shift=2)),
 }
 
 

@@ -43,10 +43,16 @@ class EpochTask:
     def config_dict(self):
         return dataclasses.asdict(self.tc)
 
+    @property
+    def recipe_defaults(self):
+        """Each recipe field's default: what a checkpoint written before the field existed ran with."""
+        return {f.name: f.default for f in dataclasses.fields(self.tc)}
+
     def make_optimizer(self, params):
         # decoupled weight decay on every parameter, as the official code does
         tc = self.tc
-        return make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay, decay=None)
+        options = {"betas": (0.9, tc.adam_beta2)} if tc.optimizer == "adamw" else {}
+        return make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay, decay=None, **options)
 
     def position(self, step):
         """``(epoch, batch)`` of a step."""

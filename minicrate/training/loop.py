@@ -34,7 +34,8 @@ A *task* supplies what differs between models (see ``minicrate.training.classifi
 * ``xp`` (the array backend); numbers: ``total_steps``, ``eval_every``,
   ``warmup_steps`` (before capping),
   ``resume_free`` (recipe fields that may change on resume), ``config_dict()``
-  (the recipe as JSON);
+  (the recipe as JSON), optionally ``recipe_defaults`` (field -> the value a checkpoint
+  that predates the field ran with);
 * ``init_params()``, ``make_optimizer(params)`` (its decay rule);
 * ``batch(step)``, ``loss_and_grads(params, batch) -> (loss, grads, aux)``;
 * ``new_running()``, ``accumulate(running, loss, batch, aux)`` (running statistics);

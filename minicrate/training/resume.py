@@ -113,7 +113,8 @@ def restore(run, extra, source):
     parameters.  Raises :class:`CheckpointError` naming ``source`` and the entry."""
     task = run.task
     saved_recipe = entry(extra, "train_config", source, dict, "the training recipe")
-    check_resumable(saved_recipe, task.config_dict(), task.resume_free, source)
+    check_resumable(saved_recipe, task.config_dict(), task.resume_free, source,
+                    getattr(task, "recipe_defaults", None))
     step = saved_step(extra, source, task)
     state = entry(extra, "optimizer", source, dict, "the optimiser's state")
     _check_optimizer_state(state, run.params, step, source, run.optimizer)

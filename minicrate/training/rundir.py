@@ -299,14 +299,17 @@ class RunDirectory:
             self._fd = None
 
 
-def check_resumable(saved, now, free, source):
+def check_resumable(saved, now, free, source, defaults=None):
     """Raise :class:`CheckpointError` unless the recipe ``now`` (a dict) equals the
     checkpoint's ``saved`` one on every field outside ``free`` (fields that may change
-    on resume without changing what the run computes, e.g. ``epochs`` or ``backend``)."""
+    on resume without changing what the run computes, e.g. ``epochs`` or ``backend``).
+    A field the checkpoint lacks (it predates the field) counts as ``defaults[field]``,
+    the value its code ran with."""
+    defaults = defaults or {}
     diffs = [
-        f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}"
+        f"{k}: checkpoint {saved.get(k, defaults.get(k))!r} vs now {now[k]!r}"
         for k in now
-        if k not in free and saved.get(k) != now[k]
+        if k not in free and saved.get(k, defaults.get(k)) != now[k]
     ]
     if diffs:
         raise CheckpointError(
