@@ -22,6 +22,7 @@ def quiet(*args, **kwargs):
     pass
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # the overflow is the point
 def test_an_overflowing_update_on_an_epochs_last_step_keeps_the_good_checkpoint(tmp_path, monkeypatch):
     saved = []
     # One step per epoch (the batch holds the whole training split): every step is an epoch's

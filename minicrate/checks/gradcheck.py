@@ -190,7 +190,7 @@ def check_vjp(
     """
     import numpy as np
 
-    from minicrate.core.validate import check_array, check_int, check_positive
+    from minicrate.core.validate import check_array, check_int, check_positive, check_same_kind
 
     if not callable(f):
         raise TypeError(f"f must be callable, got {type(f).__name__}")
@@ -212,6 +212,9 @@ def check_vjp(
                 f"check_vjp needs float64 inputs (round-off in float32 swamps the "
                 f"finite difference); {name} is {getattr(x, 'dtype', type(x).__name__)}"
             )
+    # f is called on the inputs and its output meets the cotangent: one backend and device for
+    # them (the analytic gradients are only read back to the host, so any backend will do)
+    check_same_kind(**{k: v for k, v in checked.items() if not k.startswith("grads[")})
     rng = np.random.default_rng(seed)
     reports = {}
     for name, analytic in grads.items():
