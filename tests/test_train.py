@@ -64,6 +64,9 @@ def test_evaluating_every_few_epochs_changes_only_the_history(tmp_path):
     assert sparse["test_accuracy"] == every["test_accuracy"]
     with pytest.raises(ValueError, match="eval_every_epochs must be"):
         _tc(eval_every_epochs=0)
+    for bad, error in ((1.0, ValueError), (-0.1, ValueError), (False, TypeError)):
+        with pytest.raises(error, match="adam_beta2 must"):
+            _tc(adam_beta2=bad)
     task = EpochTask(_tc(epochs=5, eval_every_epochs=2, adam_beta2=0.95), load("digits"), np)
     assert task.make_optimizer({}).betas == (0.9, 0.95)
     # a progress bar runs to the next evaluation

@@ -26,7 +26,7 @@ import numpy as np
 
 from minicrate.core import checkpoint as ckpt
 from minicrate.core.backend import BACKENDS, get_backend, host_to, to_numpy
-from minicrate.core.validate import check_int, check_keys, check_positive, check_real, describe, finite_checks
+from minicrate.core.validate import check_int, check_keys, check_positive, describe, finite_checks
 from minicrate.data.images import DATASETS
 from minicrate.models.classifier import CRATEConfig, init_params, loss_and_grads, param_count, preset
 from minicrate.training.epochs import EpochTask
@@ -107,8 +107,8 @@ class TrainConfig:
         self.eval_batch_size = check_int(self.eval_batch_size, "eval_batch_size", minimum=1)
         self.checkpoint_every = check_int(self.checkpoint_every, "checkpoint_every", minimum=0)
         self.eval_every_epochs = check_int(self.eval_every_epochs, "eval_every_epochs", minimum=1)
-        self.adam_beta2 = check_real(self.adam_beta2, "adam_beta2")
-        if not 0.0 <= self.adam_beta2 < 1.0:
+        self.adam_beta2 = check_positive(self.adam_beta2, "adam_beta2", allow_zero=True)  # a bool is refused
+        if self.adam_beta2 >= 1.0:
             raise ValueError(f"adam_beta2 must be in [0, 1), got {self.adam_beta2!r}")
 
 
