@@ -58,6 +58,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.bench_speed import (  # noqa: E402
     TOLERANCE,
+    TorchTwin,
     _errors,
     _fmt_load,
     _set_threads,
@@ -142,7 +143,7 @@ class MinicrateLM:
         return float(loss), {k: np.asarray(v) for k, v in grads.items()}
 
 
-class TorchLM:
+class TorchLM(TorchTwin):
     """The eager torch twin (:mod:`benchmarks.torch_lm`) with minicrate's weights.
 
     ``forward()`` runs the logits under ``torch.inference_mode()`` (no graph recorded);
@@ -155,7 +156,7 @@ class TorchLM:
 
         from benchmarks import torch_lm
 
-        self.torch, self.device = torch, device
+        self.torch, self.device, self.twin = torch, device, torch_lm
         self.params_ref = params
         self.model = torch_lm.load_minicrate_params(
             torch_lm.from_config(config, device=device), params)
@@ -174,21 +175,12 @@ class TorchLM:
         self.sync()
         return logits
 
-    def fwd_bwd(self):
-        self.model.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.inputs, self.targets)
-        loss.backward()
-        self.sync()
-        return loss
+    @property
+    def loss_inputs(self):
+        return self.inputs, self.targets
 
     def logits_host(self):
         return self.forward().cpu().numpy().astype(np.float64)
-
-    def loss_and_grads_host(self):
-        from benchmarks.torch_lm import grads_as_minicrate
-
-        loss = self.fwd_bwd()
-        return loss.item(), grads_as_minicrate(self.model, self.params_ref)
 
 
 class CompiledTorchLM(TorchLM):

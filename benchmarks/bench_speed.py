@@ -448,7 +448,24 @@ class MinicrateRunner:
         return float(loss), {k: to_numpy(v) for k, v in grads.items()}
 
 
-class TorchRunner:
+class TorchTwin:
+    """What the eager torch peers (this file's and ``bench_lm.py``'s) share: a training step,
+    ``self.loss_fn(*self.loss_inputs)`` and its backward, and the gradients under minicrate's
+    keys through ``self.twin`` (the twin's module: ``benchmarks.torch_crate`` or ``torch_lm``)."""
+
+    def fwd_bwd(self):
+        self.model.zero_grad(set_to_none=True)
+        loss = self.loss_fn(*self.loss_inputs)
+        loss.backward()
+        self.sync()
+        return loss
+
+    def loss_and_grads_host(self):
+        loss = self.fwd_bwd()
+        return loss.item(), self.twin.grads_as_minicrate(self.model, self.params_ref)
+
+
+class TorchRunner(TorchTwin):
     """The PyTorch autograd reference with minicrate's weights, eager.
 
     ``forward()`` is an inference forward, under ``torch.inference_mode()`` as an evaluation
@@ -461,9 +478,10 @@ class TorchRunner:
     def __init__(self, name, dtype, params, device="cpu", seed=0):
         import torch
 
+        from benchmarks import torch_crate
         from benchmarks.torch_crate import from_config, load_minicrate_params
 
-        self.torch = torch
+        self.torch, self.twin = torch, torch_crate
         self.config = make_config(name, dtype)
         self.device = device
         self.model = from_config(self.config, device=device, dtype=getattr(torch, dtype))
@@ -479,24 +497,15 @@ class TorchRunner:
         return (f"{self.label}: eager nn.Module (benchmarks/torch_crate.py) on {self.device}; "
                 "forward under torch.inference_mode()")
 
+    @property
+    def loss_inputs(self):
+        return self.images, self.labels  # read at each call: a check may swap in other images
+
     def forward(self):
         with self.torch.inference_mode():  # inference: no graph recorded
-            loss = self.loss_fn(self.images, self.labels)
+            loss = self.loss_fn(*self.loss_inputs)
         self.sync()
         return loss
-
-    def fwd_bwd(self):
-        self.model.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.images, self.labels)
-        loss.backward()
-        self.sync()
-        return loss
-
-    def loss_and_grads_host(self):
-        from benchmarks.torch_crate import grads_as_minicrate
-
-        loss = self.fwd_bwd()
-        return loss.item(), grads_as_minicrate(self.model, self.params_ref)
 
 
 class CompiledTorchRunner(TorchRunner):

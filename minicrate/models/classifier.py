@@ -159,10 +159,12 @@ def encoder_param_shapes(config: CRATEConfig) -> dict:
 
 def param_shapes(config: CRATEConfig) -> dict:
     """The shape of every parameter :func:`init_params` makes, by key."""
-    shapes = encoder_param_shapes(config)
+    return {**encoder_param_shapes(config), **_head_shapes(config)}
+
+
+def _head_shapes(config):
     d, C = config.dim, config.num_classes
-    shapes.update({"head.ln_gamma": (d,), "head.ln_beta": (d,), "head.W": (C, d), "head.b": (C,)})
-    return shapes
+    return {"head.ln_gamma": (d,), "head.ln_beta": (d,), "head.W": (C, d), "head.b": (C,)}
 
 
 def check_params(params, config: CRATEConfig, like=None):
@@ -272,7 +274,7 @@ def forward(params, images, config: CRATEConfig, *, fast=True):
         ``(logits, cache)``: logits ``(B, num_classes)``.
     """
     Z, cache = encode(params, images, config, fast=fast)
-    check_params(params, config, like=images)  # encode checked all but the head
+    check_params_shapes(params, _head_shapes(config), images=images)  # encode checked all but the head
     pooled = pool_tokens(Z, config.pool)
     normed, ln_cache = layernorm_forward(pooled, params["head.ln_gamma"], params["head.ln_beta"],
                                          eps=config.ln_eps)
@@ -286,7 +288,7 @@ def predict(params, images, config: CRATEConfig, *, fast=True):
     """Logits ``(B, num_classes)``, the inference path: :func:`forward` keeping no cache (each
     layer's work is freed once the next has its input), for evaluation and forward-only commands."""
     Z, _ = encode(params, images, config, fast=fast, keep_cache=False)
-    check_params(params, config, like=images)
+    check_params_shapes(params, _head_shapes(config), images=images)  # encode checked all but the head
     normed, _ = layernorm_forward(pool_tokens(Z, config.pool), params["head.ln_gamma"], params["head.ln_beta"],
                                   eps=config.ln_eps)
     return linear_forward(normed, params["head.W"], params["head.b"])[0]

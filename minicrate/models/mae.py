@@ -172,9 +172,8 @@ def _head(params, Z, config, cache, dec_layers):
     Z, dec_norm = layernorm_forward(Z, params["dec_norm.gamma"], params["dec_norm.beta"],
                                     eps=config.final_ln_eps)
     out, pred_cache = linear_forward(Z, params["pred.W"], params["pred.b"])
-    if dec_layers is None:  # inference
-        return out[:, 1:, :], cache
-    cache.update(decoder=dec_layers, dec_norm=dec_norm, pred=pred_cache, out_shape=tuple(out.shape))
+    if dec_layers is not None:  # None: inference, nothing more to keep
+        cache.update(decoder=dec_layers, dec_norm=dec_norm, pred=pred_cache, out_shape=tuple(out.shape))
     return out[:, 1:, :], cache
 
 
