@@ -162,9 +162,9 @@ def param_shapes(config: CRATEConfig) -> dict:
     return {**encoder_param_shapes(config), **_head_shapes(config)}
 
 
-def _head_shapes(config):
-    d, C = config.dim, config.num_classes
-    return {"head.ln_gamma": (d,), "head.ln_beta": (d,), "head.W": (C, d), "head.b": (C,)}
+def _head_shapes(config):  # the head's parameters (forward checks them after encode's check)
+    return {"head.ln_gamma": (config.dim,), "head.ln_beta": (config.dim,),
+            "head.W": (config.num_classes, config.dim), "head.b": (config.num_classes,)}
 
 
 def check_params(params, config: CRATEConfig, like=None):
@@ -275,18 +275,16 @@ def forward(params, images, config: CRATEConfig, *, fast=True):
     """
     Z, cache = encode(params, images, config, fast=fast)
     check_params_shapes(params, _head_shapes(config), images=images)  # encode checked all but the head
-    pooled = pool_tokens(Z, config.pool)
-    normed, ln_cache = layernorm_forward(pooled, params["head.ln_gamma"], params["head.ln_beta"],
-                                         eps=config.ln_eps)
+    normed, ln_cache = layernorm_forward(pool_tokens(Z, config.pool), params["head.ln_gamma"],
+                                         params["head.ln_beta"], eps=config.ln_eps)
     logits, lin_cache = linear_forward(normed, params["head.W"], params["head.b"])
-    cache.update(head_ln=ln_cache, head_lin=lin_cache, pool=config.pool, Z_shape=tuple(Z.shape),
-                 config=config)
+    cache.update(head_ln=ln_cache, head_lin=lin_cache, pool=config.pool, Z_shape=tuple(Z.shape), config=config)
     return logits, cache
 
 
 def predict(params, images, config: CRATEConfig, *, fast=True):
-    """Logits ``(B, num_classes)``, the inference path: :func:`forward` keeping no cache (each
-    layer's work is freed once the next has its input), for evaluation and forward-only commands."""
+    """Logits ``(B, num_classes)`` for evaluation and forward-only commands: :func:`forward` keeping
+    no cache (the inference path; each layer's work is freed once the next has its input)."""
     Z, _ = encode(params, images, config, fast=fast, keep_cache=False)
     check_params_shapes(params, _head_shapes(config), images=images)  # encode checked all but the head
     normed, _ = layernorm_forward(pool_tokens(Z, config.pool), params["head.ln_gamma"], params["head.ln_beta"],
